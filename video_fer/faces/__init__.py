@@ -1,0 +1,32 @@
+"""Faces: landmarker backends behind one protocol (MediaPipe, face-alignment FAN, precomputed files).
+
+Backends are imported only when created, so ``import video_fer.faces`` stays cheap and works
+without mediapipe / face-alignment installed. Tracking and alignment live in
+``video_fer.faces.tracking`` and ``video_fer.faces.alignment`` (import them directly).
+"""
+from __future__ import annotations
+
+from video_fer.errors import ConfigError
+from video_fer.faces.types import Face, Landmarker
+
+LANDMARKER_NAMES = ("mediapipe", "fan", "precomputed")
+
+
+def create_landmarker(name: str, **options) -> Landmarker:
+    """Build a landmarker by name: ``"mediapipe"``, ``"fan"`` or ``"precomputed"``; options go to its class."""
+    if name == "mediapipe":
+        from video_fer.faces.mediapipe_backend import MediaPipeLandmarker
+
+        return MediaPipeLandmarker(**options)
+    if name == "fan":
+        from video_fer.faces.fan_backend import FANLandmarker
+
+        return FANLandmarker(**options)
+    if name == "precomputed":
+        from video_fer.faces.precomputed import PrecomputedLandmarker
+
+        return PrecomputedLandmarker(**options)
+    raise ConfigError(f"landmarker {name!r} is unknown; choose one of {', '.join(LANDMARKER_NAMES)}")
+
+
+__all__ = ["Face", "Landmarker", "create_landmarker", "LANDMARKER_NAMES"]

@@ -1,0 +1,160 @@
+"""VideoReader on the real shared videos and on broken inputs built in the test."""
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from video_fer.errors import VideoReadError
+from video_fer.video import VIDEO_EXTENSIONS, VideoReader, is_video_file
+
+
+def _decode_all_with_pyav(path: Path) -> np.ndarray:
+    """Independent reference decoder (ffmpeg through PyAV, honours edit lists) -> (N, H, W, 3)."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def _nearest_reference(reference: np.ndarray, frames: torch.Tensor) -> list[int]:
+    """Index of the reference frame closest to each decoded frame (identifies content)."""
+    reference_small = torch.from_numpy(reference[:, ::8, ::8]).float()
+    frames_small = frames[:, ::8, ::8].float()
+    distances = (frames_small[:, None] - reference_small[None]).abs().mean(dim=(2, 3, 4))
+    return distances.argmin(dim=1).tolist()
+
+
+@pytest.mark.parametrize(
+    "name, num_frames, fps, size",
+    [
+        ("single_face.mp4", 72, 30.0, (360, 640)),
+        ("WolfgangLanger_Pexels.mp4", 472, 23.976, (360, 640)),
+        # decord counts 98 here, but the edit list hides 3 leading frames: 95 are displayed (PyAV agrees)
+        ("no_face.mp4", 95, 23.67, (540, 960)),
+        ("face_noface.mov", 169, 26.40, (540, 960)),
+        ("noface_face.mov", 169, 26.49, (540, 960)),
+    ],
+)
+def test_shared_videos_metadata(shared_videos, name, num_frames, fps, size):
+    reader = VideoReader(shared_videos / name)
+    assert len(reader) == reader.num_frames == num_frames
+    assert reader.fps == pytest.approx(fps, abs=0.01)
+    assert (reader.height, reader.width) == size
+    assert reader.timestamps.shape == (num_frames,) and reader.timestamps.dtype == np.float64
+    assert reader.timestamps[0] == 0.0
+    assert np.all(np.diff(reader.timestamps) > 0)
+    # last start time is about (N - 1) / fps for these near-constant-rate clips
+    assert reader.timestamps[-1] == pytest.approx((num_frames - 1) / fps, rel=0.03)
+
+
+def test_single_face_timestamps_are_frame_times(shared_videos):
+    reader = VideoReader(shared_videos / "single_face.mp4")
+    np.testing.assert_allclose(reader.timestamps, np.arange(72) / 30.0, atol=1e-5)
+
+
+def test_no_face_timestamps_start_at_zero_although_decord_reports_negative(shared_videos):
+    import decord
+
+    raw = decord.VideoReader(str(shared_videos / "no_face.mp4")).get_frame_timestamp([0])[0, 0]
+    assert raw < 0  # the premise: the container starts before 0
+    reader = VideoReader(shared_videos / "no_face.mp4")
+    np.testing.assert_allclose(reader.timestamps[:4], np.arange(4) / 24.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["single_face.mp4", "no_face.mp4"])
+def test_random_access_returns_the_requested_frames(shared_videos, name):
+    path = shared_videos / name
+    reference = _decode_all_with_pyav(path)
+    reader = VideoReader(path)
+    assert len(reader) == len(reference)
+    indices = [40, 3, 3, len(reader) - 1, 0, 17]
+    frames = reader.get(indices)
+    assert frames.dtype == torch.uint8 and frames.shape == (6, reader.height, reader.width, 3)
+    assert _nearest_reference(reference, frames) == indices
+    assert torch.equal(reader.get(-1)[0], frames[3])
+    assert reader.get([]).shape == (0, reader.height, reader.width, 3)
+
+
+@pytest.mark.parametrize("name", ["single_face.mp4", "no_face.mp4"])
+def test_iter_batches_concatenate_to_get(shared_videos, name):
+    reader = VideoReader(shared_videos / name)
+    batches = list(reader.iter_batches(batch_size=16, start=5, end=60, step=2))
+    assert [len(indices) for indices, _ in batches] == [16, 12]
+    indices = np.concatenate([indices for indices, _ in batches])
+    np.testing.assert_array_equal(indices, np.arange(5, 60, 2))
+    frames = torch.cat([frames for _, frames in batches])
+    assert torch.equal(frames, reader.get(indices))
+
+
+def test_out_of_range_index_names_file_and_range(shared_videos):
+    reader = VideoReader(shared_videos / "single_face.mp4")
+    with pytest.raises(IndexError, match=r"single_face\.mp4.*\[72\].*\[0, 72\)"):
+        reader.get([0, 72])
+
+
+def test_closed_reader_says_so(shared_videos):
+    with VideoReader(shared_videos / "single_face.mp4") as reader:
+        assert reader.get([1]).shape == (1, 360, 640, 3)
+    with pytest.raises(VideoReadError, match=r"single_face\.mp4: this VideoReader was closed"):
+        reader.get([1])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VideoReadError, match=r"clip\.mp4: no such file"):
+        VideoReader(tmp_path / "clip.mp4")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    with pytest.raises(VideoReadError, match=r"clip\.mp4: file is empty \(0 bytes\)"):
+        VideoReader(tmp_path / "clip.mp4")
+
+
+def test_directory(tmp_path):
+    folder = tmp_path / "clips.mp4"
+    folder.mkdir()
+    with pytest.raises(VideoReadError, match=r"clips\.mp4: is a directory"):
+        VideoReader(folder)
+
+
+def test_text_file_renamed_mp4(tmp_path):
+    (tmp_path / "clip.mp4").write_text("this is a shopping list, not a video\n" * 20)
+    with pytest.raises(VideoReadError, match=r"clip\.mp4: not a readable video \(decord: "):
+        VideoReader(tmp_path / "clip.mp4")
+
+
+def test_truncated_file(shared_videos, tmp_path):
+    data = (shared_videos / "single_face.mp4").read_bytes()
+    (tmp_path / "clip.mp4").write_bytes(data[: int(len(data) * 0.3)])
+    with pytest.raises(VideoReadError, match=r"clip\.mp4: not a readable video"):
+        VideoReader(tmp_path / "clip.mp4")
+
+
+def test_corrupt_tail_is_caught_on_open(shared_videos, tmp_path):
+    """Zeroed frame data after an intact index: decord opens it, decoding the end fails."""
+    import decord
+
+    data = bytearray((shared_videos / "single_face.mp4").read_bytes())
+    index_start = data.find(b"moov")  # this file keeps its index after the frame data
+    data[index_start // 2: index_start - 8] = bytes(index_start - 8 - index_start // 2)
+    (tmp_path / "clip.mp4").write_bytes(bytes(data))
+    assert len(decord.VideoReader(str(tmp_path / "clip.mp4"))) == 72  # decord alone does not notice
+    with pytest.raises(VideoReadError, match=r"clip\.mp4: cannot decode frames \[0, 71\]"):
+        VideoReader(tmp_path / "clip.mp4")
+
+
+def test_video_extensions():
+    assert ".mp4" in VIDEO_EXTENSIONS and ".mov" in VIDEO_EXTENSIONS
+    assert all(suffix == suffix.lower() and suffix.startswith(".") for suffix in VIDEO_EXTENSIONS)
+    assert is_video_file("a/B.MOV") and not is_video_file("a/b.csv")
+
+
+def test_frames_do_not_depend_on_decord_bridge(shared_videos):
+    import decord
+
+    reader = VideoReader(shared_videos / "single_face.mp4")
+    native = reader.get([3, 9])
+    with decord.bridge.use_torch():  # another part of the program may switch decord's bridge
+        bridged = reader.get([3, 9])
+    assert isinstance(bridged, torch.Tensor) and bridged.dtype == torch.uint8
+    assert torch.equal(native, bridged)

@@ -1,0 +1,218 @@
+"""Heads on top of a face backbone: the shared pieces, the linear probe and the head registry.
+
+A backbone is anything whose ``forward_features(images)`` returns an object with
+``feature_maps`` (list of ``(B, C_i, H_i, W_i)`` maps, e.g. the TAE trunk at strides
+2, 4, 8, 16, 32) and ``action_embedding`` ``(B, D)`` (see :class:`BackboneFeatures`).
+Every head is an ``nn.Module`` whose ``forward(features=None, *, images=None,
+landmarks=None, ...)`` returns a :class:`HeadOutput`; each head says which inputs it
+needs and ignores the others, so a recipe can pass ``features``, ``images`` and
+``landmarks`` to any head. The region-attention families live one per file (timm style):
+``heads_acnn.py``, ``heads_ran.py``, ``heads_prior.py``, ``heads_aha.py``, ``heads_va.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from video_fer.errors import ConfigError, VideoFerError
+
+# Channels of the TAE trunk maps by stride (METHOD.md §1: 3-32-64-128-256-256), the defaults of every head.
+TAE_TRUNK_CHANNELS = {2: 32, 4: 64, 8: 128, 16: 256, 32: 256}
+
+
+class HeadInputError(VideoFerError, ValueError):
+    """A head was called without an input it needs, or with the wrong shape."""
+
+
+class BackboneFeatures(Protocol):
+    """What heads read from a backbone (``video_fer.models.tae.EncoderFeatures`` satisfies it)."""
+
+    action_embedding: torch.Tensor  # (B, D)
+    feature_maps: Sequence[torch.Tensor]  # (B, C_i, H_i, W_i), increasing stride
+
+
+@dataclass
+class HeadOutput:
+    """What every head returns.
+
+    Attributes:
+        logits: ``(B, n_classes)`` class scores (expression / AUs), or None.
+        valence_arousal: ``(B, 2)`` in [-1, 1] (valence, arousal), or None.
+        region_logits: ``(B, R, n_classes)`` per-region-branch scores (AHA), or None.
+        embedding: ``(B, D)`` the fused representation fed to the classifier.
+        attention: named attention weights (shapes in each head's docstring).
+    """
+
+    logits: torch.Tensor | None = None
+    valence_arousal: torch.Tensor | None = None
+    region_logits: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def require(value: Any, name: str, head: str) -> Any:
+    """Return ``value`` or raise a clear error saying ``head`` needs ``name``."""
+    if value is None:
+        raise HeadInputError(f"{head}: needs `{name}=`; pass it to forward()")
+    return value
+
+
+def feature_map_at_stride(features: BackboneFeatures, stride: int, image_size: int, head: str) -> torch.Tensor:
+    """The backbone map whose stride (``image_size / width``) is ``stride``, ``(B, C, H, W)``."""
+    features = require(features, "features", head)
+    maps = list(getattr(features, "feature_maps", None) or [])
+    strides = [image_size / fmap.shape[-1] for fmap in maps]
+    for fmap, map_stride in zip(maps, strides):
+        if abs(map_stride - stride) < 1e-6:
+            return fmap
+    raise HeadInputError(
+        f"{head}: no feature map of stride {stride} for {image_size}px faces (strides available: {strides}); "
+        "choose one of those strides or set image_size to the face size the backbone saw"
+    )
+
+
+@torch.no_grad()
+def backbone_channels(backbone: nn.Module, image_size: int = 256) -> dict[int, int]:
+    """Channels of each backbone map by stride, read from one forward pass on a blank image.
+
+    Pass the result as ``channels=`` / ``in_channels=`` to heads built on a backbone that is
+    not the reference TAE (other width or image size). Returns e.g. ``{2: 32, 4: 64, ...}``.
+    """
+    parameter = next(backbone.parameters(), None)
+    device = parameter.device if parameter is not None else "cpu"
+    was_training = backbone.training
+    backbone.eval()  # BatchNorm must not update its running statistics on the blank image
+    try:
+        maps = backbone.forward_features(torch.zeros(1, 3, image_size, image_size, device=device)).feature_maps
+    finally:
+        backbone.train(was_training)
+    return {round(image_size / fmap.shape[-1]): fmap.shape[1] for fmap in maps}
+
+
+def trunk_channels(stride: int, channels: dict[int, int] | None = None) -> int:
+    """Channels of the backbone map at ``stride`` (TAE trunk by default)."""
+    table = channels or TAE_TRUNK_CHANNELS
+    if stride not in table:
+        raise ConfigError(f"stride: {stride} is not one of the backbone strides {sorted(table)}; pass `channels=`")
+    return table[stride]
+
+
+def softmax_spatial_pool(features: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention-weighted sum over positions.
+
+    Args:
+        features: ``(N, C, H, W)``; scores: ``(N, 1, H, W)`` logits.
+
+    Returns:
+        ``(pooled (N, C), attention (N, H, W))``, the attention summing to 1 over positions.
+    """
+    attention = torch.softmax(scores.flatten(1), dim=1)  # (N, H*W)
+    pooled = torch.einsum("nchw,nhw->nc", features, attention.view_as(scores[:, 0]))
+    return pooled, attention.view_as(scores[:, 0])
+
+
+class SmallRegionEncoder(nn.Module):
+    """A small CNN that turns a crop into a vector: [conv3x3, BN, ReLU, maxpool2] per width, avg-pool, Linear.
+
+    Input ``(N, 3, h, w)``; output ``(N, out_dim)``.
+    """
+
+    def __init__(self, out_dim: int = 128, channels: Sequence[int] = (32, 64, 128), in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            previous = width
+        self.body = nn.Sequential(*layers)
+        self.project = nn.Linear(previous, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.project(self.body(crops).mean(dim=(-2, -1)))
+
+
+class BackboneEmbedding(nn.Module):
+    """Wrap a backbone so it encodes crops: ``(N, 3, S, S) -> (N, D)`` = its ``action_embedding``.
+
+    Lets RAN re-encode its crops with the shared (pretrained) encoder instead of a small CNN.
+    """
+
+    def __init__(self, backbone: nn.Module, out_dim: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = out_dim
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(crops).action_embedding
+
+
+class CosineClassifier(nn.Module):
+    """Large-margin cosine classifier (CosFace, Wang et al. CVPR 2018).
+
+    Logits are ``s * cos(theta_j)`` with ``cos`` between the L2-normalised feature and
+    class weight; with ``labels`` given (training) the true class gets ``s * (cos - m)``.
+    Input ``(..., D)``; output ``(..., n_classes)``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
+        nn.init.xavier_uniform_(self.weight)
+        self.scale, self.margin = float(scale), float(margin)
+
+    def cosine(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).t()
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        from video_fer.head_losses import cosface_logits
+
+        return cosface_logits(self.cosine(features), labels, self.scale, self.margin)
+
+
+class LinearProbeHead(nn.Module):
+    """The linear probe of the papers: BatchNorm1d(D) -> Linear(D, n, bias=False) on the action embedding.
+
+    Used for AUs (BCE with logits) and as the simplest expression baseline.
+    ``forward(features)`` reads ``features.action_embedding (B, D)``; returns logits ``(B, n)``.
+    """
+
+    def __init__(self, num_outputs: int, embedding_dim: int = 256):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(embedding_dim)
+        self.linear = nn.Linear(embedding_dim, num_outputs, bias=False)
+
+    def forward(self, features: BackboneFeatures = None, **_unused) -> HeadOutput:
+        embedding = require(features, "features", type(self).__name__).action_embedding
+        if embedding.ndim != 2 or embedding.shape[1] != self.norm.num_features:
+            raise HeadInputError(f"LinearProbeHead: action_embedding must be (B, {self.norm.num_features}), "
+                                 f"got {tuple(embedding.shape)}; set embedding_dim to the backbone's width")
+        normalised = self.norm(embedding)
+        return HeadOutput(logits=self.linear(normalised), embedding=normalised)
+
+
+def create_head(name: str, **options: Any) -> nn.Module:
+    """Build a head by name: ``linear``, ``acnn``, ``pacnn``, ``ran``, ``prior_attention``, ``aha``, ``two_level_va``."""
+    from video_fer.models.heads_acnn import ACNNHead
+    from video_fer.models.heads_aha import AHAHead
+    from video_fer.models.heads_prior import PriorAttentionHead
+    from video_fer.models.heads_ran import RANHead
+    from video_fer.models.heads_va import TwoLevelAttentionVAHead
+
+    builders = {
+        "linear": LinearProbeHead,
+        "acnn": ACNNHead,
+        "pacnn": lambda **kw: ACNNHead(use_global_unit=False, **kw),
+        "ran": RANHead,
+        "prior_attention": PriorAttentionHead,
+        "aha": AHAHead,
+        "two_level_va": TwoLevelAttentionVAHead,
+    }
+    if name not in builders:
+        raise ConfigError(f"head: unknown head {name!r}; choose one of {sorted(builders)}")
+    return builders[name](**options)

@@ -1,0 +1,211 @@
+"""Reading video with decord: frame count, fps, per-frame timestamps, batched random access.
+
+Every problem with the input (missing, empty, a directory, not a video, truncated or
+corrupt data) is raised as :class:`~video_fer.errors.VideoReadError` naming the file.
+Decoded frames are ``torch.uint8`` tensors ``(T, H, W, 3)`` in RGB.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from video_fer.errors import VideoReadError
+
+# Suffixes `prepare` treats as videos when it scans a folder (lower case, with the dot).
+VIDEO_EXTENSIONS: tuple[str, ...] = (
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
+)
+
+_DECORD_MESSAGE_CHARS = 240  # decord errors carry a C++ stack trace; keep the useful head only
+_FORWARD_CHUNK = 32  # frames decoded per step when a file must be read forward (bounded memory)
+
+
+def _short_decord_message(error: BaseException) -> str:
+    """First line of a decord/ffmpeg error, trimmed (the rest is a C++ trace)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:_DECORD_MESSAGE_CHARS]
+
+
+def _frames_to_tensor(frames) -> torch.Tensor:
+    """decord output (native NDArray, or a torch tensor if someone set the torch bridge) -> uint8 tensor."""
+    if isinstance(frames, torch.Tensor):
+        return frames
+    if hasattr(frames, "asnumpy"):
+        return torch.from_numpy(frames.asnumpy())
+    return torch.from_numpy(np.asarray(frames))
+
+
+def _check_path(path: Path) -> None:
+    """Raise VideoReadError for problems visible before decord is asked (clearer than ffmpeg's words)."""
+    if not path.exists():
+        raise VideoReadError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise VideoReadError(f"{path}: is a directory, not a video file; pass a video file inside it")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path}: file is empty (0 bytes); re-copy or re-download it")
+    if not os.access(path, os.R_OK):
+        raise VideoReadError(f"{path}: file is not readable (permission denied)")
+
+
+class VideoReader:
+    """Random access to the frames of one video file (decord, CPU).
+
+    Attributes:
+        path: the video file.
+        num_frames: number of frames (also ``len(reader)``).
+        fps: average frame rate reported by the container (frames per second).
+        height, width: frame size in pixels.
+        timestamps: float64 ``(num_frames,)`` start time of each frame in seconds, frame 0 at 0
+            (containers with an edit list report a negative first time; it is shifted to 0).
+
+    The last frame is decoded on open: a file that is truncated or corrupt after its header
+    fails here with :class:`VideoReadError` instead of later in the middle of a job.
+
+    Files whose edit list hides leading frames (decord reports negative start times) count only
+    the displayed frames and are decoded by reading forward (decord's seeks are off by the
+    hidden frames there); random access on them costs a read from the start.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 0):
+        import decord  # imported here: decord loads ffmpeg, not needed by every caller of the package
+
+        self.path = Path(path)
+        _check_path(self.path)
+        try:
+            self._reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
+            num_frames = len(self._reader)
+            start_end = np.asarray(self._reader.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
+            fps = float(self._reader.get_avg_fps())
+        except (RuntimeError, AssertionError, decord.DECORDError) as error:
+            raise VideoReadError(
+                f"{self.path}: not a readable video (decord: {_short_decord_message(error)}); "
+                "check that the file is complete and is a video ffmpeg can decode"
+            ) from error
+        if num_frames <= 0:
+            raise VideoReadError(f"{self.path}: video stream has no frames")
+        # An edit list that hides pre-roll frames (negative start times, e.g. a stream-copied cut):
+        # decord counts the hidden frames and its seeks land that many frames early, while reading
+        # forward from the start is right. Such files are served by forward reading only.
+        hidden = int(np.count_nonzero(start_end[:, 0] < -1e-6))
+        self._forward_only = hidden > 0
+        self._next_forward_index = 0  # the frame decord delivers next when reading forward
+        self.num_frames = int(num_frames) - hidden
+        if self.num_frames <= 0:
+            raise VideoReadError(f"{self.path}: every frame is hidden by the container's edit list")
+        displayed_starts = start_end[hidden:, 0]
+        self.timestamps = displayed_starts - displayed_starts[0]
+        self.fps = fps if np.isfinite(fps) and fps > 0 else self._fps_from_timestamps()
+        # Decoding the last frame too proves the packet data is there to the end (decord opens some
+        # corrupt files fine and fails only there); forward-only files would need a full read, so not them.
+        probe = [0] if self._forward_only else [0, self.num_frames - 1]
+        probe_frames = self._decode(np.array(probe))
+        self.height, self.width = int(probe_frames.shape[1]), int(probe_frames.shape[2])
+
+    def _fps_from_timestamps(self) -> float:
+        """Frame rate from the median frame spacing (for containers that report no rate)."""
+        spacing = np.diff(self.timestamps)
+        spacing = spacing[spacing > 0]
+        if spacing.size == 0:
+            raise VideoReadError(f"{self.path}: frame rate unknown (no rate in the container, one frame only)")
+        return float(1.0 / np.median(spacing))
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __repr__(self) -> str:
+        return (f"VideoReader({str(self.path)!r}, num_frames={self.num_frames}, fps={self.fps:.3f}, "
+                f"size={self.width}x{self.height})")
+
+    def _normalise_indices(self, indices) -> np.ndarray:
+        """int / sequence / array / tensor of frame indices -> int64 ``(T,)``; negatives count from the end."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
+        array = np.atleast_1d(np.asarray(indices))
+        if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+            raise TypeError(f"{self.path}: frame indices must be a 1-D sequence of integers, got {indices!r}")
+        array = array.astype(np.int64)
+        array = np.where(array < 0, array + self.num_frames, array)
+        bad = array[(array < 0) | (array >= self.num_frames)]
+        if bad.size:
+            raise IndexError(f"{self.path}: frame indices {bad[:5].tolist()} out of range [0, {self.num_frames})")
+        return array
+
+    def _decode(self, indices: np.ndarray) -> torch.Tensor:
+        """Decode already-checked indices -> uint8 ``(T, H, W, 3)``; decoder failures become VideoReadError."""
+        import decord
+
+        if self._reader is None:
+            raise VideoReadError(f"{self.path}: this VideoReader was closed; open the file again")
+        try:
+            if self._forward_only:
+                return self._decode_reading_forward(indices)
+            return _frames_to_tensor(self._reader.get_batch(indices))
+        except (RuntimeError, decord.DECORDError) as error:
+            shown = indices[:5].tolist() + (["..."] if indices.size > 5 else [])
+            raise VideoReadError(
+                f"{self.path}: cannot decode frames {shown} (decord: {_short_decord_message(error)}); "
+                "the file is probably truncated or corrupt: re-copy or re-encode it"
+            ) from error
+
+    def _decode_reading_forward(self, indices: np.ndarray) -> torch.Tensor:
+        """Decode by reading consecutive frames only (no seek), restarting at frame 0 when going back.
+
+        Cost grows with the distance read, so random access on such files is slow but correct.
+        """
+        wanted, positions = np.unique(indices, return_inverse=True)
+        if self._next_forward_index > wanted[0]:
+            self._reader.seek(0)
+            self._next_forward_index = 0
+        kept: list[torch.Tensor] = []
+        while self._next_forward_index <= wanted[-1]:
+            chunk = np.arange(self._next_forward_index,
+                              min(self._next_forward_index + _FORWARD_CHUNK, wanted[-1] + 1))
+            frames = _frames_to_tensor(self._reader.get_batch(chunk))
+            self._next_forward_index = int(chunk[-1]) + 1
+            in_chunk = wanted[(wanted >= chunk[0]) & (wanted <= chunk[-1])]
+            kept.append(frames[torch.from_numpy(in_chunk - chunk[0])])
+        return torch.cat(kept)[torch.from_numpy(positions.reshape(-1))]
+
+    def get(self, indices: int | Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames at ``indices`` (any order, repeats allowed) -> uint8 ``(T, H, W, 3)`` RGB."""
+        array = self._normalise_indices(indices)
+        if array.size == 0:
+            return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8)
+        return self._decode(array)
+
+    def iter_batches(
+        self, batch_size: int = 64, start: int = 0, end: int | None = None, step: int = 1
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Walk frames ``start, start+step, ... < end`` in batches; memory stays at one batch.
+
+        Yields:
+            ``(indices int64 (T,), frames uint8 (T, H, W, 3))`` with ``T <= batch_size``.
+        """
+        if batch_size < 1 or step < 1:
+            raise ValueError(f"{self.path}: batch_size and step must be >= 1 (got {batch_size}, {step})")
+        end = self.num_frames if end is None else min(int(end), self.num_frames)
+        if start < 0 or start > self.num_frames:
+            raise IndexError(f"{self.path}: start={start} out of range [0, {self.num_frames}]")
+        all_indices = np.arange(start, end, step, dtype=np.int64)
+        for first in range(0, all_indices.size, batch_size):
+            batch_indices = all_indices[first:first + batch_size]
+            yield batch_indices, self._decode(batch_indices)
+
+    def close(self) -> None:
+        """Release the decoder (also done when the reader is garbage-collected)."""
+        self._reader = None
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` has one of :data:`VIDEO_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
