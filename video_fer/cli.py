@@ -1,0 +1,163 @@
+"""The ``video-fer`` command.
+
+Each subcommand is one ``add_<name>_command(subparsers)`` function that builds its parser
+and sets ``handler``; register it in :data:`COMMANDS`. Errors that video_fer raises on
+purpose (:class:`~video_fer.errors.VideoFerError`) end the program with a one-line message
+and exit code 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from video_fer.errors import ConfigError, VideoFerError
+
+EXIT_ERROR = 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from video_fer.data.prepare import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value
+
+
+def _parse_option_value(value: str):
+    """``3`` -> int, ``0.5`` -> float, ``true``/``false`` -> bool, else the string."""
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+def add_prepare_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prepare", help="videos -> face-track cache (landmarks, tracks, aligned H.264 crops)",
+        description="Find, track and align the faces of videos into a face-track cache. Resumable: "
+                    "rerun the same command after an interruption; split big lists with --shard i/n.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="video files, folders (searched recursively) or .txt lists of paths")
+    parser.add_argument("--out", required=True, metavar="CACHE", help="cache directory (created or resumed)")
+    parser.add_argument("--landmarker", choices=("mediapipe", "fan", "precomputed"), default="mediapipe",
+                        help="face landmark backend (default mediapipe)")
+    parser.add_argument("--landmarker-model", metavar="PATH",
+                        help="local model file (MediaPipe face_landmarker.task, or FAN weights)")
+    parser.add_argument("--landmarks-dir", metavar="DIR",
+                        help="precomputed landmarks (OpenFace CSV or npz per video), for --landmarker precomputed")
+    parser.add_argument("--landmarker-option", type=_key_value, action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="extra landmarker options; a dotted key fills a dict option, e.g. "
+                             "num_faces=2 or detector_options.path_to_detector=blazeface.pth")
+    parser.add_argument("--size", type=_positive_int, default=256, help="crop side in pixels (default 256)")
+    parser.add_argument("--min-track-frames", type=_positive_int, default=None,
+                        help="drop tracks with fewer processed frames (default: half a second's worth, at least 2)")
+    parser.add_argument("--fps", type=_positive_float, default=None,
+                        help="process this many frames per second (e.g. 1 as in the TAE reference); default every frame")
+    parser.add_argument("--workers", type=_positive_int, default=1, help="processes over videos")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
+                        help="do every n-th video of the sorted list, starting at i (0-based)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="frames decoded at once")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_prepare)
+
+
+def landmarker_options(pairs: Sequence[tuple[str, str]]) -> dict:
+    """``[("num_faces", "2"), ("detector_options.path", "x")]`` -> ``{"num_faces": 2, "detector_options": {"path": "x"}}``."""
+    options: dict = {}
+    for key, value in pairs:
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--landmarker-option {key}={value}: {parent!r} was already given a plain value")
+        target[leaf] = _parse_option_value(value)
+    return options
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from video_fer.data.prepare import DEFAULT_BATCH_SIZE, prepare_videos
+
+    options = landmarker_options(args.landmarker_option)
+    if args.landmarker_model:
+        options["model_path"] = args.landmarker_model
+    if args.landmarks_dir:
+        options["landmarks_dir"] = args.landmarks_dir
+    if args.landmarker == "precomputed" and "landmarks_dir" not in options:
+        raise ConfigError("--landmarker precomputed needs --landmarks-dir DIR (the folder of landmark files)")
+    summary = prepare_videos(
+        args.inputs, args.out, landmarker=args.landmarker, landmarker_options=options, size=args.size, fps=args.fps,
+        min_track_frames=args.min_track_frames, workers=args.workers, shard=args.shard,
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE, progress=not args.no_progress)
+    rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+    print(f"{args.out}: {summary.processed} video(s) processed ({summary.ok} with tracks, {summary.skipped} skipped), "
+          f"{summary.already_done} already done, {summary.tracks} new track(s), {summary.frames} frames "
+          f"in {summary.seconds:.1f} s ({rate:.1f} frames/s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# registry: one function per subcommand
+# --------------------------------------------------------------------------------------------
+COMMANDS: list[Callable] = [add_prepare_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from video_fer import __version__
+
+    parser = argparse.ArgumentParser(prog="video-fer", description="Self-supervised facial action learning from video.")
+    parser.add_argument("--version", action="version", version=f"video-fer {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``video-fer``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except VideoFerError as error:
+        print(f"video-fer {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"video-fer {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,778 @@
+"""``video-fer prepare``: raw videos -> face-track cache (landmarks, tracking, alignment, H.264 crops).
+
+Per video, in bounded memory: frames are decoded in batches (optionally subsampled to a
+target fps by timestamp), the landmarker finds the faces of each batch, the incremental
+:class:`~video_fer.faces.tracking.FaceTracker` links them into tracks, all faces of the
+batch are aligned by one batched kornia warp (of per-face source windows, not whole
+frames), and each crop goes straight into its track's open mp4 encoder. A track's temp
+files are renamed into place when the track ends; the video's manifest is written after
+its last track, so an interrupted run leaves no half track in the index and a rerun skips
+every video that has a manifest.
+
+Inputs are files, folders (searched recursively for :data:`~video_fer.video.VIDEO_EXTENSIONS`)
+or ``.txt`` lists of paths; the sorted list is split into shards by taking every n-th
+video, so ``--shard i/n`` on n machines covers it exactly once. ``workers`` processes
+share a shard's videos; each owns its landmarker.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import itertools
+import multiprocessing
+import os
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from video_fer.data.cache import CacheWriter, TrackVideoWriter, track_row
+from video_fer.errors import ConfigError, LabelFileError, VideoReadError
+
+# Default shortest track: half a second of processed frames, at least 2 (a pair). Shorter ones
+# are mostly detector flicker; a fixed frame count would drop most tracks at --fps 1.
+DEFAULT_MIN_TRACK_SECONDS = 0.5
+DEFAULT_BATCH_SIZE = 32
+STAGES = ("decode", "landmarks", "tracking", "align", "encode")
+_MAX_KEY_CHARS = 160
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: expansion, keys, identities, shards
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VideoInput:
+    """One input video.
+
+    Attributes:
+        path: the file as given (absolute or relative to the working directory).
+        relative: its path relative to the input root that found it (the folder given, the
+            folder of the ``.txt`` list, or just the file name).
+        key: unique, file-name safe name of its manifest and the prefix of its track ids.
+        identity: whose face it shows, from the folder layout (``<identity>/<video>`` or
+            VoxCeleb's ``<identity>/<clip>/<video>``: the first folder level), else the file stem.
+    """
+
+    path: Path
+    relative: Path
+    key: str
+    identity: str
+
+
+def _video_suffixes() -> tuple[str, ...]:
+    from video_fer.video import VIDEO_EXTENSIONS
+
+    return tuple(suffix.lower() for suffix in VIDEO_EXTENSIONS)
+
+
+def _read_list_file(list_file: Path) -> Iterator[tuple[Path, Path]]:
+    """(path, relative) of each line of a ``.txt`` list; blank lines and ``#`` comments are ignored."""
+    try:
+        lines = list_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{list_file}: cannot read the list of videos ({error})") from None
+    for line in lines:
+        entry = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if entry:
+            written = Path(entry).expanduser()
+            path = written if written.is_absolute() else list_file.parent / written
+            yield path, (Path(written.name) if written.is_absolute() else written)
+
+
+def _found_videos(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[Path, Path]]:
+    suffixes = _video_suffixes()
+    for item in inputs:
+        item = Path(item).expanduser()
+        if item.is_dir():
+            for path in sorted(item.rglob("*")):
+                relative = path.relative_to(item)
+                hidden = any(part.startswith(".") for part in relative.parts)
+                if path.suffix.lower() in suffixes and path.is_file() and not hidden:
+                    yield path, relative
+        elif item.suffix.lower() == ".txt" and item.is_file():
+            yield from _read_list_file(item)
+        elif item.is_file():
+            yield item, Path(item.name)
+        else:
+            raise ConfigError(f"{item}: no such file or folder; give video files, folders of videos or a .txt list")
+
+
+def _sanitise(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", text).lstrip(".") or "video"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def video_identity(relative: Path) -> str:
+    """First folder of the path relative to its input root, else the file stem."""
+    return relative.parts[0] if len(relative.parts) >= 2 else relative.stem
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[VideoInput]:
+    """Files, folders and ``.txt`` lists -> sorted, de-duplicated :class:`VideoInput` list.
+
+    Relative paths inside a ``.txt`` list are relative to the list's folder.
+
+    Order is by relative path (identical on every machine given the same inputs), so
+    shards agree. Keys are the relative path without suffix, ``/`` -> ``__``; clashes
+    (``a.mp4`` and ``a.mov``) get the suffix, then a hash.
+
+    Raises:
+        ConfigError: an input does not exist, or no video was found.
+    """
+    seen: dict[str, tuple[Path, Path]] = {}
+    for path, relative in _found_videos(inputs):
+        seen.setdefault(str(path.resolve()), (path, relative))  # the same file given twice counts once
+    if not seen:
+        raise ConfigError(f"{', '.join(map(str, inputs)) or '(no input)'}: no video found; "
+                          f"looked for files ending in {', '.join(_video_suffixes())}")
+    # Order and clash hashes use the paths as given (not resolved), so every machine that runs
+    # the same command agrees even when its mount points differ.
+    ordered = sorted(((str(path), (path, relative)) for path, relative in seen.values()),
+                     key=lambda item: (item[1][1].as_posix(), item[0]))
+
+    def base_key(relative: Path) -> str:
+        return "__".join(_sanitise(part) for part in relative.with_suffix("").parts)
+
+    counts = defaultdict(int)
+    for _, (_, relative) in ordered:
+        counts[base_key(relative)] += 1
+    keys_used: set[str] = set()
+    videos = []
+    for given, (path, relative) in ordered:
+        key = base_key(relative)
+        if counts[key] > 1:
+            key = f"{key}_{_sanitise(relative.suffix.lstrip('.'))}"
+        if key in keys_used or len(key) > _MAX_KEY_CHARS:
+            key = f"{key[:_MAX_KEY_CHARS]}_{_digest(given)}"
+        keys_used.add(key)
+        videos.append(VideoInput(path=path, relative=relative, key=key, identity=video_identity(relative)))
+    return videos
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4 for the first of 4 machines")
+    return int(match.group(1)), int(match.group(2))
+
+
+def select_shard(videos: Sequence[VideoInput], shard: tuple[int, int]) -> list[VideoInput]:
+    """Every n-th video starting at i: shards 0..n-1 partition the sorted list."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise ConfigError(f"shard {index}/{count}: need 0 <= i < n")
+    return list(videos[index::count])
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame sampling
+# ---------------------------------------------------------------------------------------------
+def sample_frame_indices(timestamps: np.ndarray, source_fps: float, target_fps: float | None) -> np.ndarray:
+    """Frames to process: all of them, or the first frame at or after each tick ``k / target_fps``.
+
+    Args:
+        timestamps: float64 ``(N,)`` start time of each frame, seconds (frame 0 at 0).
+        source_fps: the video's frame rate (half a frame of tolerance around each tick).
+        target_fps: wanted rate, or None for every frame (also when it is >= the source rate).
+
+    Returns:
+        int64 ``(M,)`` increasing frame indices.
+    """
+    num_frames = len(timestamps)
+    if target_fps is None or target_fps >= source_fps:
+        return np.arange(num_frames, dtype=np.int64)
+    if target_fps <= 0:
+        raise ConfigError(f"--fps {target_fps}: must be > 0")
+    ticks = np.arange(0.0, float(timestamps[-1]) + 1e-9, 1.0 / target_fps)
+    indices = np.searchsorted(timestamps, ticks - 0.5 / source_fps, side="left")
+    return np.unique(np.clip(indices, 0, num_frames - 1)).astype(np.int64)
+
+
+def _batches(reader, indices: np.ndarray, every_frame: bool, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Decoded batches of the chosen frames (sequential decoding when every frame is used)."""
+    if every_frame:
+        yield from reader.iter_batches(batch_size=batch_size)
+    else:
+        for first in range(0, len(indices), batch_size):
+            chunk = indices[first:first + batch_size]
+            yield chunk, reader.get(chunk)
+
+
+def _runs(flags: np.ndarray, frame_indices: np.ndarray) -> list[list[int]]:
+    """``[[first, last], ...]`` source frame indices of consecutive processed frames where ``flags`` holds."""
+    if not flags.any():
+        return []
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    starts = np.flatnonzero(np.diff(padded) == 1)
+    ends = np.flatnonzero(np.diff(padded) == -1) - 1
+    return [[int(frame_indices[s]), int(frame_indices[e])] for s, e in zip(starts, ends)]
+
+
+# ---------------------------------------------------------------------------------------------
+# One video
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PrepareConfig:
+    """Settings of one prepare run (the cache-defining ones go to ``cache.json``)."""
+
+    size: int = 256
+    fps: float | None = None
+    min_track_frames: int | None = None  # None: DEFAULT_MIN_TRACK_SECONDS at the processed rate, >= 2
+    batch_size: int = DEFAULT_BATCH_SIZE
+    tracker_options: dict[str, Any] = field(default_factory=dict)
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    padding_mode: str = "zeros"
+    # Align + encode in a background thread, overlapping the landmarker. Off by default: on the
+    # busy 2-core test machine it measured 0.90-0.95x the one-thread speed (tools/bench_prepare.py).
+    pipelined: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_track_frames is not None and self.min_track_frames < 1:
+            raise ConfigError(f"--min-track-frames {self.min_track_frames}: must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"--fps {self.fps}: must be > 0 (omit it to keep every frame)")
+        if self.size < 8 or self.size % 2:
+            raise ConfigError(f"--size {self.size}: must be an even number >= 8")
+
+    def min_frames_at(self, processed_fps: float) -> int:
+        """Shortest kept track, in processed frames, for a video processed at ``processed_fps``."""
+        if self.min_track_frames is not None:
+            return int(self.min_track_frames)
+        return max(2, int(np.ceil(DEFAULT_MIN_TRACK_SECONDS * processed_fps - 1e-6)))
+
+    @property
+    def alignment(self):
+        from video_fer.faces.alignment import AlignmentSpec
+
+        return AlignmentSpec(size=self.size)
+
+
+class _OpenTrack:
+    """A track being written: its mp4 encoder plus the per-frame arrays gathered so far."""
+
+    def __init__(self, writer: TrackVideoWriter):
+        self.writer = writer
+        self.positions: list[int] = []  # processed-frame position of each crop (for the coverage count)
+        self.columns: dict[str, list[np.ndarray]] = defaultdict(list)
+
+    def append(self, position: int, crop: np.ndarray, values: Mapping[str, Any]) -> None:
+        self.writer.append(crop[None])
+        self.positions.append(position)
+        for key, value in values.items():
+            self.columns[key].append(value)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        arrays = {key: np.stack(values) for key, values in self.columns.items() if key != "blendshapes"}
+        blendshapes = self.columns.get("blendshapes", [])
+        present = [b for b in blendshapes if b is not None]
+        if present:  # NaN rows where one frame of the track lacked blendshapes
+            width = present[0].shape[-1]
+            arrays["blendshapes"] = np.stack(
+                [np.full(width, np.nan, np.float32) if b is None else b for b in blendshapes]).astype(np.float32)
+        return arrays
+
+
+class _StageClock:
+    """Accumulates wall time per pipeline stage (stages run in two threads, so they may overlap)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+def _faces_to_arrays(per_frame_faces: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Flatten faces of a batch: frame position ``(F,)``, landmarks ``(F, 68, 2)``, the Face objects."""
+    positions, landmarks, faces = [], [], []
+    for position, frame_faces in enumerate(per_frame_faces):
+        for face in frame_faces:
+            positions.append(position)
+            landmarks.append(np.asarray(face.landmarks, dtype=np.float32))
+            faces.append(face)
+    if not faces:
+        return np.zeros(0, np.int64), np.zeros((0, 68, 2), np.float32), []
+    return np.asarray(positions, np.int64), np.stack(landmarks), faces
+
+
+def crop_regions(spec, landmarks: torch.Tensor, frame_height: int, frame_width: int, margin: int = 2) -> torch.Tensor:
+    """Integer source windows that hold everything each face's aligned crop samples.
+
+    Args:
+        spec: the :class:`~video_fer.faces.alignment.AlignmentSpec`.
+        landmarks: float32 ``(B, 68, 2)`` source pixels.
+        margin: extra pixels for the bilinear neighbours.
+
+    Returns:
+        int64 ``(B, 4)`` windows ``x0, y0, x1, y1`` (exclusive ends), clipped to the frame.
+    """
+    from video_fer.faces.alignment import apply_affine, five_points, invert_affine, similarity_from_points
+
+    matrices = similarity_from_points(five_points(landmarks), spec.template_pixels(), torch.tensor(spec.point_weights))
+    edge = spec.size - 0.5
+    corners = torch.tensor([[-0.5, -0.5], [edge, -0.5], [-0.5, edge], [edge, edge]]).expand(len(landmarks), 4, 2)
+    source_corners = apply_affine(invert_affine(matrices), corners)  # (B, 4, 2) where the crop's corners come from
+    low = torch.floor(source_corners.amin(1)).long() - margin
+    high = torch.ceil(source_corners.amax(1)).long() + margin + 1
+    limit = torch.tensor([frame_width, frame_height])
+    low = torch.minimum(low.clamp(min=0), limit)
+    high = torch.maximum(torch.minimum(high, limit), low)
+    return torch.cat([low, high], 1)
+
+
+def gather_regions(frames: torch.Tensor, frame_position: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Cut one window per face out of its frame, padded with zeros to the largest window.
+
+    Args:
+        frames: uint8 ``(T, H, W, 3)``; frame_position: int64 ``(B,)`` frame of each face;
+        regions: int64 ``(B, 4)`` windows from :func:`crop_regions`.
+
+    Returns:
+        uint8 ``(B, h, w, 3)``: window b at the top-left, zeros elsewhere (zeros are what
+        the warp's zero padding would have sampled there: those pixels lie outside the frame).
+    """
+    sizes = regions[:, 2:] - regions[:, :2]  # (B, 2) width, height
+    width, height = max(int(sizes[:, 0].max()), 1), max(int(sizes[:, 1].max()), 1)
+    windows = torch.zeros((len(regions), height, width, 3), dtype=torch.uint8)
+    # One strided copy per face: windows differ in size, and this is ~50x faster than an
+    # advanced-indexing gather of the same pixels (measured on 32 faces of 640x360 frames).
+    for face, (x0, y0, x1, y1) in enumerate(regions.tolist()):
+        windows[face, :y1 - y0, :x1 - x0] = frames[int(frame_position[face]), y0:y1, x0:x1]
+    return windows
+
+
+def align_in_regions(frames: torch.Tensor, landmarks: torch.Tensor, frame_position: torch.Tensor, spec,
+                     padding_mode: str = "zeros"):
+    """:func:`~video_fer.faces.alignment.align_faces` on per-face source windows instead of whole frames.
+
+    Only the window each crop samples is converted to float and warped (a face crop needs a
+    few percent of a 1080p frame), and the matrices are moved back to source pixels; the
+    result equals ``align_faces(frames, landmarks, spec, frame_index=frame_position)`` to
+    float rounding for ``padding_mode="zeros"``.
+
+    Returns:
+        ``(crops uint8 (B, S, S, 3), matrices float32 (B, 2, 3) source -> crop, landmarks (B, 68, 2) in the crop)``.
+    """
+    from video_fer.faces.alignment import align_faces
+
+    regions = crop_regions(spec, landmarks, frames.shape[1], frames.shape[2])
+    windows = gather_regions(frames, frame_position, regions)
+    offsets = regions[:, :2].float()  # (B, 2) window origin in source pixels
+    aligned = align_faces(windows, landmarks - offsets[:, None, :], spec, padding_mode=padding_mode)
+    linear = aligned.matrices[..., :2]
+    translation = aligned.matrices[..., 2] - (linear @ offsets[..., None])[..., 0]  # window -> source coordinates
+    matrices = torch.cat([linear, translation[..., None]], -1)
+    return aligned.crops.permute(0, 2, 3, 1).contiguous(), matrices, aligned.landmarks
+
+
+@dataclass
+class _Batch:
+    """What the align/encode stage needs from one decoded batch (all faces in frame order)."""
+
+    processed_offset: int  # position of the batch's first frame among the processed frames
+    frame_indices: np.ndarray  # (T,)
+    frames: torch.Tensor  # uint8 (T, H, W, 3)
+    positions: np.ndarray  # (F,) frame of each face inside the batch
+    landmarks: np.ndarray  # (F, 68, 2)
+    faces: list  # F Face objects
+    track_ids: list[int]  # F tracker ids
+    closed_tracks: list  # FaceTrack objects the tracker closed after this batch
+
+
+class _TrackWriterStage:
+    """Second pipeline stage: aligns the faces of a batch and streams each crop into its track's mp4.
+
+    Runs in the main thread, or with ``pipelined`` in one background thread so alignment and
+    H.264 encoding (which release the GIL) overlap the landmarker on the next batch (a single
+    worker keeps batches in order). Track files are named ``<video key>__t<tracker id>``; ids
+    of dropped short tracks leave gaps in the numbering.
+    """
+
+    def __init__(self, video: VideoInput, writer: CacheWriter, config: PrepareConfig, backend: str, track_fps: float,
+                 timestamps: np.ndarray, num_processed: int, clock: _StageClock):
+        self.video, self.writer, self.config, self.backend = video, writer, config, backend
+        self.track_fps, self.timestamps, self.clock = track_fps, timestamps, clock
+        self.min_frames = config.min_frames_at(track_fps)
+        self.spec = config.alignment
+        self.open_tracks: dict[int, _OpenTrack] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.dropped: list[int] = []
+        self.in_track = np.zeros(num_processed, bool)
+
+    def write_batch(self, batch: _Batch) -> None:
+        if batch.faces:
+            with self.clock("align"):
+                crops, matrices, aligned_landmarks = align_in_regions(
+                    batch.frames, torch.from_numpy(batch.landmarks), torch.from_numpy(batch.positions), self.spec,
+                    self.config.padding_mode)
+                crops, matrices, aligned_landmarks = crops.numpy(), matrices.numpy(), aligned_landmarks.numpy()
+            with self.clock("encode"):
+                for number, (position, face, track_id) in enumerate(zip(batch.positions, batch.faces, batch.track_ids)):
+                    frame_index = int(batch.frame_indices[position])
+                    self._track(track_id).append(batch.processed_offset + int(position), crops[number], {
+                        "frame_indices": frame_index,
+                        "timestamps": float(self.timestamps[frame_index]),
+                        "landmarks_source": batch.landmarks[number],
+                        "landmarks_aligned": aligned_landmarks[number],
+                        "matrices": matrices[number],
+                        "scores": np.float32(face.score),
+                        "boxes": np.asarray(face.box, np.float32),
+                        "blendshapes": None if getattr(face, "blendshapes", None) is None
+                        else np.asarray(face.blendshapes, np.float32),
+                    })
+        self.close_tracks(batch.closed_tracks)
+
+    def _track(self, track_id: int) -> _OpenTrack:
+        state = self.open_tracks.get(track_id)
+        if state is None:
+            name = f"{self.video.key}__t{track_id:04d}"
+            state = self.open_tracks[track_id] = _OpenTrack(
+                self.writer.open_track(name, self.track_fps, **self.config.encoder_options))
+        return state
+
+    def close_tracks(self, finished: Iterable) -> None:
+        """Put finished tracks in place (or drop the short ones) and record their rows."""
+        for track in finished:
+            state = self.open_tracks.pop(track.track_id)
+            if len(state.positions) < self.min_frames:
+                state.writer.abort()
+                self.dropped.append(len(state.positions))
+                continue
+            with self.clock("encode"):
+                arrays = state.arrays()
+                state.writer.finish(arrays, self.backend)
+            self.in_track[state.positions] = True
+            self.rows.append(track_row(state.writer.track_id, arrays, video_key=self.video.key, source=str(self.video.path),
+                                       identity=self.video.identity, fps=self.track_fps, landmarker=self.backend,
+                                       size=self.config.size))
+
+    def abort(self) -> None:
+        """Remove every file of this video's tracks: open temp files and finished ones."""
+        for state in self.open_tracks.values():
+            state.writer.abort()
+        self.open_tracks.clear()
+        self.writer.remove_partial_outputs(self.video.key)
+        self.rows.clear()
+
+
+def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config: PrepareConfig,
+                      on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run the whole pipeline on one video and commit its manifest; returns the manifest.
+
+    ``on_frames(n)`` is called after each batch of ``n`` processed frames (progress display).
+
+    Unreadable videos (:class:`VideoReadError`), bad precomputed landmark files
+    (:class:`LabelFileError`), videos without a face and videos without a long enough
+    track get a ``skipped`` manifest with the reason. Other errors propagate after the
+    video's temp files are removed (the video has no manifest, so a rerun retries it).
+    """
+    from video_fer.faces.tracking import FaceTracker
+    from video_fer.video import VideoReader
+
+    started = time.perf_counter()
+    clock = _StageClock()
+    writer.remove_partial_outputs(video.key)
+    settings = writer.settings or {}
+    backend = str(getattr(landmarker, "name", settings.get("landmarker", "unknown")))
+    manifest: dict[str, Any] = {"source": str(video.path), "relative_path": video.relative.as_posix(),
+                                "identity": video.identity, "landmarker": backend}
+    stage: _TrackWriterStage | None = None
+    background = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="track-writer")
+    pending: concurrent.futures.Future | None = None
+    try:
+        with clock("decode"):
+            reader = VideoReader(video.path)
+        frame_indices = sample_frame_indices(reader.timestamps, reader.fps, config.fps)
+        track_fps = reader.fps if config.fps is None or config.fps >= reader.fps else float(config.fps)
+        manifest.update(fps=reader.fps, num_frames=reader.num_frames, width=reader.width, height=reader.height,
+                        processed_fps=track_fps, processed_frames=int(len(frame_indices)))
+        has_face = np.zeros(len(frame_indices), bool)
+        stage = _TrackWriterStage(video, writer, config, backend, track_fps, reader.timestamps, len(frame_indices), clock)
+        tracker = FaceTracker(**{**config.tracker_options, "min_track_frames": 1})  # short tracks are dropped by the stage
+        landmarker.start_clip(str(video.path), reader.fps)
+
+        processed = 0
+        batches = _batches(reader, frame_indices, len(frame_indices) == reader.num_frames, config.batch_size)
+        while True:
+            with clock("decode"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            batch_indices, frames = batch
+            with clock("landmarks"):
+                per_frame_faces = landmarker(frames, batch_indices, reader.timestamps[batch_indices])
+            with clock("tracking"):
+                track_ids = [tracker.update(int(index), faces) for index, faces in zip(batch_indices, per_frame_faces)]
+            has_face[processed:processed + len(batch_indices)] = [len(faces) > 0 for faces in per_frame_faces]
+            positions, landmarks, faces = _faces_to_arrays(per_frame_faces)
+            work = _Batch(processed, batch_indices, frames, positions, landmarks, faces,
+                          [track_id for ids in track_ids for track_id in ids], tracker.pop_closed_tracks())
+            if config.pipelined:
+                if pending is not None:
+                    pending.result()  # at most one batch waits: memory stays bounded, errors surface here
+                pending = background.submit(stage.write_batch, work)
+            else:
+                stage.write_batch(work)
+            processed += len(batch_indices)
+            if on_frames is not None:
+                on_frames(len(batch_indices))
+        if pending is not None:
+            pending.result()
+        stage.close_tracks(tracker.finish())
+        reader.close()
+    except (VideoReadError, LabelFileError) as error:
+        background.shutdown(wait=True, cancel_futures=True)
+        if stage is not None:
+            stage.abort()
+        manifest.update(status="skipped", reason=str(error), tracks=[])
+        manifest["seconds"] = round(time.perf_counter() - started, 3)
+        writer.commit_video(video.key, manifest)
+        return manifest
+    except BaseException:
+        background.shutdown(wait=True, cancel_futures=True)
+        if stage is not None:
+            stage.abort()
+        raise
+    background.shutdown(wait=True)
+
+    frames_with_face = int(has_face.sum())
+    rows = sorted(stage.rows, key=lambda row: row["track_id"])
+    manifest.update(
+        frames_with_face=frames_with_face, frames_without_face=int(len(has_face) - frames_with_face),
+        frames_in_tracks=int(stage.in_track.sum()), no_face_ranges=_runs(~has_face, frame_indices),
+        min_track_frames=stage.min_frames, dropped_short_tracks=len(stage.dropped), tracks=rows,
+    )
+    if frames_with_face == 0:
+        manifest.update(status="skipped", reason=f"no face found in {len(has_face)} processed frames")
+    elif not rows:
+        manifest.update(status="skipped", reason=(
+            f"no face track of at least {stage.min_frames} frames (longest had {max(stage.dropped, default=0)}); "
+            "lower --min-track-frames or raise --fps"))
+    else:
+        manifest.update(status="ok", reason=None)
+    manifest["stage_seconds"] = {name: round(seconds, 4) for name, seconds in clock.seconds.items()}
+    manifest["seconds"] = round(time.perf_counter() - started, 3)
+    writer.commit_video(video.key, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Many videos
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PrepareSummary:
+    """What a prepare run did (its shard only); counts only, so memory stays flat over huge lists."""
+
+    videos: int = 0            # videos in this shard
+    already_done: int = 0      # had a manifest before the run
+    processed: int = 0         # done by this run
+    ok: int = 0
+    skipped: int = 0
+    tracks: int = 0
+    frames: int = 0            # processed (decoded and searched) frames
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def add(self, manifest: Mapping[str, Any]) -> None:
+        self.processed += 1
+        self.ok += manifest.get("status") == "ok"
+        self.skipped += manifest.get("status") == "skipped"
+        self.tracks += int(manifest.get("num_tracks", len(manifest.get("tracks", []))))
+        self.frames += int(manifest.get("processed_frames", 0))
+        for stage, seconds in manifest.get("stage_seconds", {}).items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+
+def _create_landmarker(name: str, options: Mapping[str, Any] | None):
+    from video_fer.faces import create_landmarker
+
+    try:
+        return create_landmarker(name, **dict(options or {}))
+    except TypeError as error:  # an option the backend does not take: a user error, not a bug
+        raise ConfigError(f"landmarker {name!r}: {error}; check the --landmarker-option names") from None
+
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch ops with ``count`` intra-op threads, restoring the previous setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(count)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _init_worker(out: str, landmarker: str, landmarker_options: dict, config: PrepareConfig, threads: int) -> None:
+    """Process-pool initialiser: each worker owns one landmarker and one writer."""
+    torch.set_num_threads(max(1, threads))
+    writer = CacheWriter(out)
+    writer.require_settings()
+    _WORKER_STATE.update(writer=writer, landmarker=_create_landmarker(landmarker, landmarker_options), config=config)
+
+
+def _brief(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The counts :class:`PrepareSummary` needs (a manifest can be large; only this crosses processes)."""
+    return {"status": manifest.get("status"), "num_tracks": len(manifest.get("tracks", [])),
+            "processed_frames": manifest.get("processed_frames", 0), "stage_seconds": manifest.get("stage_seconds", {})}
+
+
+def _worker_prepare(video: VideoInput) -> dict[str, Any]:
+    return _brief(prepare_one_video(video, _WORKER_STATE["writer"], _WORKER_STATE["landmarker"], _WORKER_STATE["config"]))
+
+
+def cache_settings(landmarker: str, config: PrepareConfig) -> dict[str, Any]:
+    """The ``cache.json`` settings a run with ``config`` must match."""
+    return {"alignment": config.alignment.to_dict(), "landmarker": landmarker, "size": config.size,
+            "fps": config.fps, "min_track_frames": config.min_track_frames}
+
+
+def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike,
+                   landmarker: str = "mediapipe", landmarker_options: Mapping[str, Any] | None = None,
+                   size: int = 256, fps: float | None = None, min_track_frames: int | None = None,
+                   workers: int = 1, shard: tuple[int, int] = (0, 1), batch_size: int = DEFAULT_BATCH_SIZE,
+                   progress: bool = True, tracker_options: Mapping[str, Any] | None = None,
+                   encoder_options: Mapping[str, Any] | None = None, pipelined: bool = False,
+                   torch_threads_per_worker: int = 1) -> PrepareSummary:
+    """Build (or resume) a face-track cache from videos.
+
+    Args:
+        inputs: video files, folders (recursive) or ``.txt`` lists (one path per line, ``#`` comments).
+        out: cache directory.
+        landmarker: ``"mediapipe" | "fan" | "precomputed"``; ``landmarker_options`` go to
+            :func:`video_fer.faces.create_landmarker` (e.g. ``model_path``, ``landmarks_dir``).
+        size: crop side S.
+        fps: process this many frames per second (chosen by timestamp), None = every frame.
+        min_track_frames: shorter tracks (in processed frames) are dropped; None: half a second at the
+            processed rate, at least 2 (e.g. 15 at 30 fps, 2 at ``fps=1``).
+        workers: processes over videos (each with its own landmarker).
+        shard: ``(i, n)``: this run does every n-th video of the sorted list, starting at i.
+        batch_size: frames decoded and searched at once (bounds memory).
+        progress: show a tqdm bar (videos, frames/s).
+        tracker_options: :class:`~video_fer.faces.tracking.FaceTracker` arguments.
+        encoder_options: :class:`~video_fer.data.cache.TrackVideoWriter` x264 arguments (crf, gop, preset, threads).
+        pipelined: align and encode in a background thread while the landmarker reads the next batch
+            (for machines with idle cores; see :class:`PrepareConfig`).
+        torch_threads_per_worker: torch intra-op threads of each worker (alignment). 1 by default: the
+            per-batch warps are small, and OpenMP threads spinning against the landmarker's own
+            thread pool made alignment 3-6x slower on a busy 2-core machine; scale with ``workers``.
+
+    Returns:
+        :class:`PrepareSummary` of this shard.
+
+    Raises:
+        ConfigError: bad inputs or options; CacheError: the cache was made with other settings.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    config = PrepareConfig(size=int(size), fps=None if fps is None else float(fps), min_track_frames=None if min_track_frames is None else int(min_track_frames),
+                           batch_size=int(batch_size), tracker_options=dict(tracker_options or {}),
+                           encoder_options=dict(encoder_options or {}), pipelined=bool(pipelined))
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be >= 1")
+    videos = select_shard(expand_inputs(inputs), shard)
+    writer = CacheWriter(out)
+    writer.begin(cache_settings(landmarker, config))
+    if shard[1] == 1:  # no other shard can be writing: every temp file is a leftover
+        writer.remove_all_partial_files()
+    summary = PrepareSummary(videos=len(videos))
+    todo = [video for video in videos if not writer.has_manifest(video.key)]
+    summary.already_done = len(videos) - len(todo)
+    started = time.perf_counter()
+    bar = _ProgressBar(len(todo), summary, started) if progress else None
+    try:
+        for manifest in _run(todo, writer, out, landmarker, landmarker_options, config, workers, torch_threads_per_worker,
+                             on_frames=bar.frames if bar else None):
+            summary.add(manifest)
+            if bar is not None:
+                bar.video_done()
+    finally:
+        if bar is not None:
+            bar.close()
+        summary.seconds = time.perf_counter() - started
+        writer.rebuild_index()
+    return summary
+
+
+class _ProgressBar:
+    """tqdm bar over videos; frames/s counts the video in progress too (in-process runs)."""
+
+    def __init__(self, total: int, summary: PrepareSummary, started: float):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="video", desc="prepare", dynamic_ncols=True)
+        self.summary, self.started, self.frames_in_video, self.shown_at = summary, started, 0, 0.0
+
+    def frames(self, count: int) -> None:
+        self.frames_in_video += count
+        if time.perf_counter() - self.shown_at > 0.5:  # refreshing costs: twice a second is enough
+            self._show()
+
+    def video_done(self) -> None:
+        self.frames_in_video = 0
+        self._show()
+        self.bar.update(1)
+
+    def _show(self) -> None:
+        self.shown_at = time.perf_counter()
+        rate = (self.summary.frames + self.frames_in_video) / max(self.shown_at - self.started, 1e-9)
+        self.bar.set_postfix_str(f"{rate:.1f} frames/s, {self.summary.tracks} tracks, {self.summary.skipped} skipped")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run(videos: list[VideoInput], writer: CacheWriter, out, landmarker: str, landmarker_options, config: PrepareConfig,
+         workers: int, threads: int, on_frames: Callable[[int], None] | None = None) -> Iterable[dict[str, Any]]:
+    """Brief counts (:func:`_brief`) of each video as it finishes (in process, or over a pool of ``workers`` processes)."""
+    if not videos:
+        return
+    if workers == 1:
+        detector = _create_landmarker(landmarker, landmarker_options)
+        try:
+            for video in videos:
+                with torch_threads(threads):  # restored between videos: the caller's setting is theirs
+                    manifest = prepare_one_video(video, writer, detector, config, on_frames)
+                yield _brief(manifest)
+        finally:
+            with contextlib.suppress(Exception):
+                detector.close()
+        return
+    _create_landmarker(landmarker, landmarker_options).close()  # bad model/options: one clear error, not a broken pool
+    context = multiprocessing.get_context("spawn")  # fork + MediaPipe/torch threads can deadlock
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker,
+            initargs=(str(out), landmarker, dict(landmarker_options or {}), config, threads)) as pool:
+        queue = iter(videos)
+        # A few videos in flight per worker, not the whole list: bounded memory for huge lists.
+        running = {pool.submit(_worker_prepare, video) for video in itertools.islice(queue, 2 * workers)}
+        try:
+            while running:
+                done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                    running |= {pool.submit(_worker_prepare, video) for video in itertools.islice(queue, 1)}
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
