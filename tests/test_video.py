@@ -158,3 +158,24 @@ def test_frames_do_not_depend_on_decord_bridge(shared_videos):
         bridged = reader.get([3, 9])
     assert isinstance(bridged, torch.Tensor) and bridged.dtype == torch.uint8
     assert torch.equal(native, bridged)
+
+
+def test_h264_in_avi_without_frame_times_reads_the_right_frames(tmp_path):
+    """x264 with B-frames in AVI has no presentation times; decord's seeks go wrong there."""
+    path = tmp_path / "clip.avi"
+    rng = np.random.default_rng(0)
+    patterns = rng.integers(0, 256, size=(30, 4, 4, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(patterns, 16, axis=1), 16, axis=2)  # (30, 64, 64, 3) blocky, distinct
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    reader = VideoReader(path)
+    assert len(reader) == 30
+    np.testing.assert_allclose(reader.timestamps, np.arange(30) / 25.0)
+    wanted = [29, 5, 17, 0, 17]
+    assert _nearest_reference(frames, reader.get(wanted)) == wanted

@@ -66,8 +66,9 @@ class VideoReader:
     fails here with :class:`VideoReadError` instead of later in the middle of a job.
 
     Files whose edit list hides leading frames (decord reports negative start times) count only
-    the displayed frames and are decoded by reading forward (decord's seeks are off by the
-    hidden frames there); random access on them costs a read from the start.
+    the displayed frames, and streams without frame times (H.264 with B-frames in AVI) take
+    their times from the frame rate; decord's seeks are wrong on both, so they are decoded by
+    reading forward, and random access on them costs a read from the start.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 0):
@@ -90,15 +91,25 @@ class VideoReader:
         # An edit list that hides pre-roll frames (negative start times, e.g. a stream-copied cut):
         # decord counts the hidden frames and its seeks land that many frames early, while reading
         # forward from the start is right. Such files are served by forward reading only.
-        hidden = int(np.count_nonzero(start_end[:, 0] < -1e-6))
-        self._forward_only = hidden > 0
+        # Streams without presentation times (e.g. H.264 with B-frames in AVI) report a huge negative
+        # sentinel for every frame and decord's seeks land on wrong frames there: time comes from the
+        # frame rate and frames are read forward.
+        has_timestamps = bool(np.all(np.isfinite(start_end)) and start_end[:, 0].min() > -1e6)
+        hidden = int(np.count_nonzero(start_end[:, 0] < -1e-6)) if has_timestamps else 0
+        self._forward_only = hidden > 0 or not has_timestamps
         self._next_forward_index = 0  # the frame decord delivers next when reading forward
         self.num_frames = int(num_frames) - hidden
         if self.num_frames <= 0:
             raise VideoReadError(f"{self.path}: every frame is hidden by the container's edit list")
-        displayed_starts = start_end[hidden:, 0]
-        self.timestamps = displayed_starts - displayed_starts[0]
-        self.fps = fps if np.isfinite(fps) and fps > 0 else self._fps_from_timestamps()
+        if has_timestamps:
+            displayed_starts = start_end[hidden:, 0]
+            self.timestamps = displayed_starts - displayed_starts[0]
+            self.fps = fps if np.isfinite(fps) and fps > 0 else self._fps_from_timestamps()
+        else:
+            if not (np.isfinite(fps) and fps > 0):
+                raise VideoReadError(f"{self.path}: the stream has neither frame times nor a frame rate")
+            self.fps = fps
+            self.timestamps = np.arange(self.num_frames, dtype=np.float64) / fps
         # Decoding the last frame too proves the packet data is there to the end (decord opens some
         # corrupt files fine and fails only there); forward-only files would need a full read, so not them.
         probe = [0] if self._forward_only else [0, self.num_frames - 1]
