@@ -11,4 +11,11 @@ def load_model(path):
     return _load_model(path)
 
 
-__all__ = ["VideoFerError", "load_model", "__version__"]
+def track(path, model, **settings):
+    """Per-frame AU / expression / valence-arousal table of one clip (see :func:`video_fer.tracks.track`)."""
+    from video_fer.tracks import track as _track
+
+    return _track(path, model, **settings)
+
+
+__all__ = ["VideoFerError", "load_model", "track", "__version__"]

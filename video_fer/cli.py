@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from video_fer.cli_evaluate import register as add_evaluate_command
+from video_fer.cli_track import register as add_track_and_bundle_commands
 from video_fer.errors import ConfigError, VideoFerError
 
 EXIT_ERROR = 2
@@ -132,7 +133,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # registry: one function per subcommand
 # --------------------------------------------------------------------------------------------
-COMMANDS: list[Callable] = [add_prepare_command, add_evaluate_command]
+COMMANDS: list[Callable] = [add_prepare_command, add_track_and_bundle_commands, add_evaluate_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

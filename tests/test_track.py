@@ -1,0 +1,271 @@
+"""`video-fer track`: row counts on every shared video, columns and ranges, batching, options, batch mode, pose."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from video_fer.bundle import random_bundle, save_bundle
+from video_fer.cli_track import main as cli_main
+from video_fer.head_pose import MEAN_FACE_68_MM, MIRROR_68, estimate_head_pose, project_mean_face
+from video_fer.tracks import (BASE_COLUMNS, FaceBatch, FacePredictions, TrackSettings, batch_rows, column_names,
+                              read_table, track)
+from video_fer.video import VideoReader
+
+TINY = dict(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8)
+AUS = (1, 2, 4, 6, 12)
+SHARED_VIDEOS = ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "no_face.mp4", "face_noface.mov", "noface_face.mov")
+_MEMO = {}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    """A tiny random bundle with every head kind (weights do not matter for these tests)."""
+    path = tmp_path_factory.mktemp("bundle") / "bundle"
+    save_bundle(random_bundle(**TINY, aus=AUS, intensity_aus=(6, 12), expression_head="acnn", va=True), path)
+    return path
+
+
+@pytest.fixture
+def shared_tables(shared_videos, mediapipe_model, bundle_dir, tmp_path_factory):
+    """`video-fer track <shared videos folder>` once for the module: clip name -> table."""
+    if "tables" not in _MEMO:
+        out = tmp_path_factory.mktemp("tracks")
+        code = cli_main(["track", str(shared_videos), "--model", str(bundle_dir), "-o", str(out),
+                         "--landmarker-model", str(mediapipe_model), "--no-progress"])
+        assert code == 0
+        _MEMO["tables"] = {name: read_table(out / (name.rsplit(".", 1)[0] + ".csv")) for name in SHARED_VIDEOS}
+    return _MEMO["tables"]
+
+
+@pytest.mark.parametrize("name", SHARED_VIDEOS)
+def test_every_frame_of_every_shared_video_has_its_rows(shared_tables, shared_videos, name):
+    table = shared_tables[name]
+    with VideoReader(shared_videos / name) as reader:
+        frames, timestamps = len(reader), reader.timestamps
+    assert np.array_equal(np.unique(table["frame"]), np.arange(frames))
+    assert len(table["frame"]) == frames  # one face at most in these clips: exactly one row per frame
+    np.testing.assert_allclose(table["timestamp"], timestamps[table["frame"]], atol=1e-6)
+    if name == "no_face.mp4":
+        assert frames == 95 and (table["success"] == 0).all() and (table["face_id"] == -1).all()
+
+
+@pytest.mark.parametrize("name, face_first", [("face_noface.mov", True), ("noface_face.mov", False)])
+def test_face_and_no_face_segments_are_found(shared_tables, name, face_first):
+    success = shared_tables[name]["success"]
+    assert 50 < success.sum() < len(success) - 50
+    face, scenery = (success[:60], success[-60:]) if face_first else (success[-60:], success[:60])
+    assert face.mean() > 0.95 and scenery.mean() < 0.05  # a stray detection in the scenery is tolerated
+
+
+def test_columns_and_value_ranges(shared_tables, bundle_dir):
+    table = shared_tables["WolfgangLanger_Pexels.mp4"]
+    expected = list(BASE_COLUMNS) + [f"AU{au:02d}_c" for au in AUS] + ["AU06_r", "AU12_r"] + [
+        f"expression_{label}" for label in ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+    ] + ["expression", "valence", "arousal"]
+    assert list(table) == expected
+    face = table["success"] == 1
+    assert face.mean() > 0.9 and (table["face_id"][face] >= 0).all()
+    values = {name: table[name][face] for name in table}
+    assert ((values["confidence"] > 0) & (values["confidence"] <= 1)).all()
+    for name in expected[5:]:
+        if name != "expression":
+            assert np.isfinite(values[name]).all(), name
+            assert np.isnan(table[name][~face]).all(), name
+    assert (np.abs(np.stack([values["pose_Rx"], values["pose_Ry"], values["pose_Rz"]])) < np.pi / 2).all()
+    au_c = np.stack([values[f"AU{au:02d}_c"] for au in AUS])
+    assert ((au_c >= 0) & (au_c <= 1)).all() and au_c.std(1).min() > 0  # varies over the clip
+    assert ((values["AU12_r"] >= 0) & (values["AU12_r"] <= 5)).all()
+    probabilities = np.stack([values[name] for name in expected if name.startswith("expression_")], 1)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-4)
+    labels = np.array([name[len("expression_"):] for name in expected if name.startswith("expression_")])
+    assert (values["expression"] == labels[probabilities.argmax(1)]).all()
+    assert (np.abs(np.stack([values["valence"], values["arousal"]])) <= 1).all()
+
+
+def test_head_turns_show_in_the_yaw_track(shared_tables):
+    """WolfgangLanger turns her head: yaw must span tens of degrees, not sit at a constant."""
+    table = shared_tables["WolfgangLanger_Pexels.mp4"]
+    yaw = np.degrees(table["pose_Ry"][table["success"] == 1])
+    assert np.percentile(yaw, 95) - np.percentile(yaw, 5) > 15
+
+
+def test_batched_and_unbatched_give_the_same_table(shared_videos, mediapipe_model, bundle_dir):
+    clip = shared_videos / "single_face.mp4"
+    options = dict(end=20, landmarker_options={"model_path": str(mediapipe_model)})
+    one = track(clip, bundle_dir, batch_size=1, pipelined=False, **options)
+    many = track(clip, bundle_dir, batch_size=8, pipelined=True, **options)
+    assert list(one) == list(many) and len(one["frame"]) == 20
+    for name in one:
+        if name == "expression":
+            assert list(one[name]) == list(many[name])
+        else:
+            np.testing.assert_allclose(np.asarray(one[name], float), np.asarray(many[name], float), atol=1e-4,
+                                       err_msg=name)
+
+
+def test_every_start_end_select_the_rows(shared_videos, mediapipe_model, bundle_dir):
+    clip = shared_videos / "single_face.mp4"
+    model = {"model_path": str(mediapipe_model)}
+    halved = track(clip, bundle_dir, every=2, landmarker_options=model)
+    assert len(halved["frame"]) == 36 and np.array_equal(halved["frame"], np.arange(0, 72, 2))
+    window = track(clip, bundle_dir, start=10, end=30, every=3, landmarker_options=model)
+    assert np.array_equal(window["frame"], np.arange(10, 30, 3))
+
+
+def test_corrupt_clip_in_a_batch_is_reported_and_the_others_still_produce_output(
+        shared_videos, mediapipe_model, bundle_dir, tmp_path, capsys):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(shared_videos / "single_face.mp4", clips / "a_good.mp4")
+    data = (shared_videos / "single_face.mp4").read_bytes()
+    (clips / "b_corrupt.mp4").write_bytes(data[: len(data) // 3])  # truncated: the moov/mdat data is cut
+    (clips / "c_noise.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    out = tmp_path / "out"
+    code = cli_main(["track", str(clips), "--model", str(bundle_dir), "-o", str(out), "--every", "6",
+                     "--landmarker-model", str(mediapipe_model), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "1 clip(s) tracked, 2 failed" in captured.out
+    assert "b_corrupt.mp4" in captured.err and "c_noise.mp4" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.csv"]
+    assert len(read_table(out / "a_good.csv")["frame"]) == 12
+
+
+def test_plot_and_annotated_video(shared_videos, mediapipe_model, bundle_dir, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "single.csv"
+    code = cli_main(["track", str(shared_videos / "single_face.mp4"), "--model", str(bundle_dir), "-o", str(out),
+                     "--end", "12", "--plot", "--video-out", "--landmarker-model", str(mediapipe_model),
+                     "--no-progress"])
+    assert code == 0 and len(read_table(out)["frame"]) == 12
+    with Image.open(tmp_path / "single.png") as picture:
+        assert picture.size[0] >= 800 and picture.size[1] >= 600  # three panels: AUs, expression, VA
+    with VideoReader(tmp_path / "single.annotated.mp4") as annotated:
+        assert len(annotated) == 12 and (annotated.width, annotated.height) == (640, 360)
+        original = VideoReader(shared_videos / "single_face.mp4").get([5]).float()
+        drawn = annotated.get([5]).float()
+        assert (drawn - original).abs().amax(-1).gt(60).sum() > 50  # landmarks and labels drawn
+
+
+def test_parquet_format(shared_videos, mediapipe_model, bundle_dir, tmp_path, capsys):
+    arguments = ["track", str(shared_videos / "single_face.mp4"), "--model", str(bundle_dir), "-o", str(tmp_path),
+                 "--end", "4", "--format", "parquet", "--landmarker-model", str(mediapipe_model), "--no-progress"]
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        assert cli_main(arguments) == 2
+        assert "--format parquet needs pyarrow (pip install pyarrow)" in capsys.readouterr().err
+        assert not list(tmp_path.iterdir())
+        return
+    assert cli_main(arguments) == 0
+    table = pq.read_table(tmp_path / "single_face.parquet")
+    assert table.num_rows == 4 and table.column_names[:5] == ["frame", "timestamp", "face_id", "confidence", "success"]
+
+
+def test_rows_are_ordered_by_frame_then_face_and_empty_frames_get_a_failure_row():
+    """Several faces: a row per face in face-id order, one success=0 row for the frame without a face."""
+    bundle = random_bundle(**TINY, aus=(1, 2), expression_head="linear", va=True)
+    batch = FaceBatch(frame_indices=np.array([10, 11, 12]), timestamps=np.array([0.4, 0.44, 0.48]),
+                      frames=torch.zeros(3, 8, 8, 3, dtype=torch.uint8), positions=np.array([0, 0, 2]),
+                      landmarks=np.zeros((3, 68, 2), np.float32), scores=np.array([0.9, 0.8, 0.7], np.float32),
+                      face_ids=np.array([3, 1, 1]))
+    predictions = FacePredictions(pose=np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]]),
+                                  crop_landmarks=np.zeros((3, 68, 2)),
+                                  au_presence=np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]),
+                                  expression=np.eye(7)[[0, 3, 6]],
+                                  valence_arousal=np.array([[0.1, -0.1], [0.2, -0.2], [0.3, -0.3]]))
+    rows = batch_rows(bundle, batch, predictions)
+    assert list(rows) == column_names(bundle)
+    assert rows["frame"].tolist() == [10, 10, 11, 12]
+    assert rows["face_id"].tolist() == [1, 3, -1, 1]
+    assert rows["success"].tolist() == [1, 1, 0, 1]
+    np.testing.assert_allclose(rows["confidence"], [0.8, 0.9, 0.0, 0.7])
+    np.testing.assert_allclose(rows["AU02_c"], [0.4, 0.2, np.nan, 0.6])
+    np.testing.assert_allclose(rows["pose_Ry"], [0.5, 0.2, np.nan, 0.8])
+    assert rows["expression"].tolist() == ["happiness", "surprise", "", "neutral"]
+    np.testing.assert_allclose(rows["arousal"], [-0.2, -0.1, np.nan, -0.3])
+
+
+def test_head_pose_recovers_known_rotations():
+    angles = torch.tensor([[0.2, -0.5, 0.1], [-0.3, 0.7, -0.4], [0.0, 0.0, 0.0], [0.1, 0.3, 1.2]])
+    projected = project_mean_face(angles, scale=3.0, offset=(100.0, 50.0))
+    torch.testing.assert_close(estimate_head_pose(projected), angles, atol=1e-4, rtol=0)
+    noisy = projected + torch.randn(projected.shape, generator=torch.Generator().manual_seed(0)) * 1.0
+    assert (estimate_head_pose(noisy) - angles).abs().max() < 0.05  # 1 px noise on a ~430 px face
+
+
+def test_mean_face_is_symmetric_and_human_sized():
+    mirrored = MEAN_FACE_68_MM[MIRROR_68] * np.array([-1, 1, 1])
+    np.testing.assert_allclose(mirrored, MEAN_FACE_68_MM, atol=1e-3)
+    jaw_width = MEAN_FACE_68_MM[16, 0] - MEAN_FACE_68_MM[0, 0]
+    assert 110 < jaw_width < 160  # mm: adult bizygomatic-ish width
+    assert MEAN_FACE_68_MM[30, 2] < MEAN_FACE_68_MM[0, 2] - 50  # nose tip well in front of the ears
+
+
+def test_head_pose_on_posed_photos(shared_images, mediapipe_model):
+    """Frontal, 15 deg and 45 deg yaw photos (label in the file name) read in that order, near their labels."""
+    from PIL import Image
+
+    from video_fer.faces import create_landmarker
+
+    landmarker = create_landmarker("mediapipe", model_path=str(mediapipe_model), mode="image", detector_scores=False)
+    yaw = {}
+    for name in ("0-f1-su-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg"):
+        image = np.asarray(Image.open(shared_images / name).convert("RGB"))
+        face = landmarker(image[None], np.array([0]), np.array([0.0]))[0][0]
+        yaw[name] = abs(float(np.degrees(estimate_head_pose(face.landmarks[None]).numpy()[0, 1])))
+    landmarker.close()
+    assert yaw["0-f1-su-ph.jpg"] < 6
+    assert 8 < yaw["15-f13-anc-ph.jpg"] < 22
+    assert 35 < yaw["45-m7-di-ph.jpg"] < 60
+
+
+def test_track_settings_are_checked():
+    from video_fer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="end=5 must be larger than start=9"):
+        TrackSettings(start=9, end=5)
+
+
+def test_sparse_confidence_equals_the_per_frame_detector_where_it_runs(shared_videos, mediapipe_model, bundle_dir):
+    clip = shared_videos / "WolfgangLanger_Pexels.mp4"
+    sparse = track(clip, bundle_dir, end=24, confidence_every=8, landmarker_options={"model_path": str(mediapipe_model)})
+    every = track(clip, bundle_dir, end=24, landmarker_options={"model_path": str(mediapipe_model),
+                                                                "detector_scores": True})
+    assert (sparse["success"] == 1).all() and (every["success"] == 1).all()
+    np.testing.assert_allclose(sparse["confidence"][::8], every["confidence"][::8], atol=1e-5)
+    # between detections a face keeps its latest score
+    assert np.array_equal(sparse["confidence"], np.repeat(sparse["confidence"][::8], 8))
+    assert (sparse["confidence"] > 0.5).all()  # a real detection matched, not the presence floor
+
+
+def test_fast_alignment_matches_the_prepare_crops(shared_videos, mediapipe_model):
+    from video_fer.data.prepare import align_in_regions
+    from video_fer.faces import create_landmarker
+    from video_fer.faces.alignment import AlignmentSpec
+    from video_fer.tracks import shrink_then_align
+
+    with VideoReader(shared_videos / "WolfgangLanger_Pexels.mp4") as reader:
+        indices = np.arange(0, 472, 59)
+        frames = reader.get(indices)
+    landmarker = create_landmarker("mediapipe", model_path=str(mediapipe_model), mode="image", detector_scores=False)
+    landmarks = torch.from_numpy(np.stack([faces[0].landmarks for faces in landmarker(frames, indices, indices * 0.04)]))
+    landmarker.close()
+    positions = torch.arange(len(indices))
+    for size, tolerance in ((128, 2.0), (256, 0.01)):
+        spec = AlignmentSpec(size=size)
+        exact, _, exact_landmarks = align_in_regions(frames, landmarks, positions, spec)
+        fast, fast_landmarks = shrink_then_align(frames, landmarks, positions, spec)
+        difference = (fast * 255 - exact.permute(0, 3, 1, 2).float()).abs()
+        assert difference.mean() < tolerance, (size, float(difference.mean()))
+        torch.testing.assert_close(fast_landmarks, exact_landmarks, atol=0.05, rtol=0)  # same geometry
