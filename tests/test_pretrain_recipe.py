@@ -1,0 +1,113 @@
+"""End-to-end runs of recipes/pretrain_video.py on the embedded demo data at a tiny size."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import video_fer
+from video_fer.data.synthetic import build_demo_cache
+from video_fer.training import list_checkpoints, read_csv_log
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RECIPE = PROJECT_ROOT / "recipes" / "pretrain_video.py"
+TINY = ["model.image_size=64", "model.width=4", "model.embedding_dim=16", "model.attention_streams=2",
+        "model.stream_width=4", "data.demo_frames_per_track=6", "data.demo_tracks_per_identity=2",
+        "train.batch_size=4", "data.pairs_per_epoch=16", "data.val_pairs=4", "train.image_every=2",
+        "data.num_workers=0", "train.seed=0", "data.augment=true"]
+LOSS_COLUMNS = ("lr", "loss", "reconstruction", "action_cycle", "pose_cycle", "action_sparsity")
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """One tiny demo cache for every run (the recipe reuses a cache made with the same settings)."""
+    root = tmp_path_factory.mktemp("demo") / "cache"
+    build_demo_cache(root, size=64, frames_per_track=6, tracks_per_identity=2, seed=0)
+    return root
+
+
+def run_recipe(output_dir, demo_dir, *extra, launcher=None):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = (launcher or [sys.executable]) + [str(RECIPE), f"train.output_dir={output_dir}",
+                                                 f"data.demo_dir={demo_dir}", *TINY, *extra]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_both_train_and_the_encoder_loads(tmp_path, demo_dir):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = run_recipe(tmp_path / "run", demo_dir, "train.max_steps=2", "train.save_every=2", launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    summaries = [json.loads((tmp_path / "run" / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [s["pairs_trained"] for s in summaries] == [8, 8]  # 2 steps x batch 4 on each rank
+    assert summaries[0]["first_pairs_epoch0"] != summaries[1]["first_pairs_epoch0"]  # ranks draw different pairs
+    checkpoint = list_checkpoints(tmp_path / "run")[-1]
+    assert {p.name for p in checkpoint.iterdir()} >= {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"}
+
+    encoder = video_fer.load_model(tmp_path / "run" / "encoder")
+    features = encoder.forward_features(torch.rand(2, 3, 64, 64))
+    assert features.action_embedding.shape == (2, 16) and features.attention_maps.shape[1] == 2
+    assert (tmp_path / "run" / "images" / "step_00000002.png").stat().st_size > 1000
+
+
+def test_resume_continues_with_the_same_losses(tmp_path, demo_dir):
+    settings = ("train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=0")
+    uninterrupted = run_recipe(tmp_path / "full", demo_dir, *settings)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    full_rows = read_csv_log(tmp_path / "full" / "losses.csv")
+    assert [int(r["step"]) for r in full_rows] == [1, 2, 3, 4]
+
+    # A run that stopped after its step-2 checkpoint: the same folder holding only that checkpoint.
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002",
+                    tmp_path / "resumed" / "checkpoints" / "step_00000002")
+    resumed = run_recipe(tmp_path / "resumed", demo_dir, *settings, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step 2" in resumed.stdout
+    resumed_rows = read_csv_log(tmp_path / "resumed" / "losses.csv")
+    assert [int(r["step"]) for r in resumed_rows] == [3, 4]
+    for before, after in zip(full_rows[2:], resumed_rows):
+        assert {k: before[k] for k in LOSS_COLUMNS} == {k: after[k] for k in LOSS_COLUMNS}
+    assert float(full_rows[2]["loss"]) != float(full_rows[3]["loss"])  # the losses compared do change step to step
+
+
+def test_non_finite_loss_is_skipped_then_stops_with_the_last_good_checkpoint(tmp_path, demo_dir):
+    result = run_recipe(tmp_path / "nan", demo_dir, "train.max_steps=8", "train.save_every=1",
+                        "train.debug_nan_at_step=2", "train.max_nonfinite_steps=2")
+    assert result.returncode == 2, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "step 3: loss not finite, update skipped" in output
+    assert "not finite for 2 steps in a row" in output and "step_00000002" in output
+    assert [p.name for p in list_checkpoints(tmp_path / "nan")] == ["step_00000001", "step_00000002"]
+    rows = read_csv_log(tmp_path / "nan" / "losses.csv")
+    assert rows[2]["finite"] == "0" and rows[1]["finite"] == "1"
+    assert not (tmp_path / "nan" / "encoder").exists()  # a diverged run exports nothing
+
+
+def test_csv_log_drops_rows_after_the_resumed_step(tmp_path):
+    from video_fer.training import CsvLog
+
+    log = CsvLog(tmp_path / "losses.csv")
+    for step in range(1, 6):
+        log.write({"step": step, "loss": 1.0 / step})
+    resumed = CsvLog(tmp_path / "losses.csv", resume_after_step=3)
+    resumed.write({"step": 4, "loss": 0.5})
+    rows = read_csv_log(tmp_path / "losses.csv")
+    assert [(r["step"], r["loss"]) for r in rows] == [("1", "1"), ("2", "0.5"), ("3", "0.333333"), ("4", "0.5")]
+    CsvLog(tmp_path / "losses.csv")  # a fresh (not resumed) run starts a new file
+    assert not (tmp_path / "losses.csv").exists()
+
+
+def test_guard_and_schedule():
+    from video_fer.training import NonFiniteGuard, TrainingDivergedError, cosine_with_warmup
+
+    guard = NonFiniteGuard(max_in_row=2)
+    assert guard.update(False, 1) is False and guard.update(True, 2) is True  # a finite step resets the count
+    guard.update(False, 3)
+    with pytest.raises(TrainingDivergedError, match="step 4.*2 steps in a row.*no checkpoint was saved yet"):
+        guard.update(False, 4)
+    assert [round(cosine_with_warmup(s, 10, 2, 0.1), 4) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.55, 0.1]

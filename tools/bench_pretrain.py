@@ -1,0 +1,212 @@
+"""Pretraining throughput on this machine: step speed, data waiting, memory, decoding.
+
+For each crop size (128 and 256 px by default; each size in its own process so the peak
+RSS is that size's), on the embedded demo cache built at that size:
+
+- training pairs/s of the batched TAE step (denormal floats flushed, as the recipe does) (two encoder passes: [source; target] and
+  [generated; action-changed; pose-changed]) against a naive reference-style step (six
+  separate encoder calls, one per image set), channels_last on/off and denormal flushing
+  off (``torch.set_flush_denormal(False)``: ~10x slower here); ``--compile``
+  adds ``torch.compile`` (slow to compile on a CPU);
+- decoding pairs/s of one loader worker (FacePairDataset in the main process, no model);
+- the share of step time spent waiting for data in a real loop with one loader worker;
+- peak resident memory (RSS) of the process.
+
+Ratios are measured within one run (same load on the machine), e.g.::
+
+    python tools/bench_pretrain.py --sizes 128 256 --batch 8 --steps 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from video_fer.data.augment import augment_pair  # noqa: E402
+from video_fer.data.pairs import FacePairSampler  # noqa: E402
+from video_fer.data.pretrain_dataset import FacePairDataset, pair_loader  # noqa: E402
+from video_fer.data.synthetic import build_demo_cache  # noqa: E402
+from video_fer.losses import reduce_terms, tae_loss_terms  # noqa: E402
+from video_fer.models.tae import TAEConfig, TAEOutput, TwinCycleAutoencoder  # noqa: E402
+from video_fer.models.warp import fuse_flows, warp  # noqa: E402
+
+
+def naive_forward(model: TwinCycleAutoencoder, source: torch.Tensor, target: torch.Tensor) -> TAEOutput:
+    """The reference's call pattern: every image set encoded by its own encoder call (six calls)."""
+    encode = model.encoder.forward_features
+    real_s, real_t = encode(source), encode(target)
+    phi_s, psi_s, phi_t, psi_t = real_s.action_embedding, real_s.pose_embedding, real_t.action_embedding, real_t.pose_embedding
+    action_out = model.action_decoder(torch.cat((phi_s, phi_t), 1))
+    pose_out = model.pose_decoder(torch.cat((psi_s, psi_t), 1))
+    fused, action_weight, pose_weight = fuse_flows(action_out, pose_out)
+    generated, action_changed, pose_changed = warp(source, fused), warp(source, action_out[:, :2]), warp(source, pose_out[:, :2])
+    enc_g, enc_a, enc_p = encode(generated), encode(action_changed), encode(pose_changed)
+    action_cycle = model.action_decoder(torch.cat((enc_a.action_embedding, phi_s), 1))[:, :2]
+    pose_cycle = model.pose_decoder(torch.cat((enc_p.pose_embedding, psi_s), 1))[:, :2]
+    return TAEOutput(
+        source_action_embedding=phi_s, source_pose_embedding=psi_s, target_action_embedding=phi_t,
+        target_pose_embedding=psi_t, action_flow=action_out[:, :2], pose_flow=pose_out[:, :2], fused_flow=fused,
+        action_weight=action_weight, pose_weight=pose_weight, generated_target=generated,
+        action_changed=action_changed, pose_changed=pose_changed,
+        generated_action_embedding=enc_g.action_embedding, generated_pose_embedding=enc_g.pose_embedding,
+        action_changed_action_embedding=enc_a.action_embedding, action_changed_pose_embedding=enc_a.pose_embedding,
+        pose_changed_action_embedding=enc_p.action_embedding, pose_changed_pose_embedding=enc_p.pose_embedding,
+        action_cycle_flow=action_cycle, pose_cycle_flow=pose_cycle,
+        action_cycle_reconstruction=warp(action_changed, action_cycle),
+        pose_cycle_reconstruction=warp(pose_changed, pose_cycle), source_attention_maps=real_s.attention_maps)
+
+
+def one_step(model, forward, optimizer, source, target) -> float:
+    """Seconds for one optimiser step: forward, loss, backward, AdamW."""
+    start = time.perf_counter()
+    output = forward(source, target)
+    loss, _ = reduce_terms(tae_loss_terms(output, source, target))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def time_variants(variants: dict, steps: int) -> dict[str, float]:
+    """Median seconds per step of each variant, measured round-robin (one step of each in turn).
+
+    Interleaving puts every variant under the same background load (other jobs on the
+    machine come and go); one warm-up step each first.
+    """
+    optimizers = {name: torch.optim.AdamW(v[0].parameters(), lr=1e-4) for name, v in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for index in range(steps + 1):
+        for name, (model, forward, source, target) in variants.items():
+            torch.set_flush_denormal(name != "denormals_kept")
+            seconds = one_step(model, forward, optimizers[name], source, target)
+            if index:
+                times[name].append(seconds)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
+def decode_rate(cache, tracks, batch: int, batches: int) -> float:
+    """Pairs/s decoded by FacePairDataset in this process (= one loader worker's rate)."""
+    dataset = FacePairDataset(cache)
+    pairs = list(FacePairSampler(tracks, pairs_per_epoch=batch * batches, seed=1))
+    dataset[pairs[0]]  # open the readers first
+    start = time.perf_counter()
+    for pair in pairs:
+        dataset[pair]
+    return len(pairs) / (time.perf_counter() - start)
+
+
+def data_wait_share(model, cache, tracks, batch: int, steps: int, workers: int) -> float:
+    """Share of a real loop's time spent waiting for the next batch (loader with ``workers`` workers)."""
+    sampler = FacePairSampler(tracks, pairs_per_epoch=batch * (steps + 1), seed=2)
+    loader = pair_loader(cache, sampler, batch, num_workers=workers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    waiting = computing = 0.0
+    iterator = iter(loader)
+    next(iterator)  # worker start-up is not steady-state waiting
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch_data = next(iterator)
+        fetched = time.perf_counter()
+        source, target = augment_pair(batch_data["source"], batch_data["target"], generator)
+        loss, _ = reduce_terms(tae_loss_terms(model(source, target), source, target))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        waiting += fetched - start
+        computing += time.perf_counter() - fetched
+    return waiting / (waiting + computing)
+
+
+def measure_size(size: int, batch: int, steps: int, compile_model: bool, skip_denormals: bool = False) -> dict:
+    torch.manual_seed(0)
+    torch.set_flush_denormal(True)  # as the recipe does; "denormals_kept" measures the difference
+    config = TAEConfig(image_size=size)  # the reference widths
+    results: dict = {"size": size, "batch": batch, "threads": torch.get_num_threads()}
+    source, target = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
+
+    model = TwinCycleAutoencoder(config).train()
+    model_cl = TwinCycleAutoencoder(config).train().to(memory_format=torch.channels_last)
+    source_cl, target_cl = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
+    variants = {"batched": (model, model, source, target),
+                "naive": (model, lambda s, t: naive_forward(model, s, t), source, target),
+                "channels_last": (model_cl, model_cl, source_cl, target_cl)}
+    if not skip_denormals:
+        model_dn = TwinCycleAutoencoder(config).train()
+        variants["denormals_kept"] = (model_dn, model_dn, source, target)  # the default without flushing
+    if compile_model:
+        start = time.perf_counter()
+        compiled = torch.compile(model)
+        one_step(model, compiled, torch.optim.AdamW(model.parameters(), lr=1e-4), source, target)  # compiles
+        results["compile_seconds"] = time.perf_counter() - start
+        variants["compiled"] = (model, compiled, source, target)
+    seconds = time_variants(variants, steps)
+    torch.set_flush_denormal(True)
+    if "denormals_kept" in seconds:
+        results.update(denormals_kept_pairs_per_s=batch / seconds["denormals_kept"],
+                       flush_denormal_speedup=seconds["denormals_kept"] / seconds["batched"])
+    results.update(batched_pairs_per_s=batch / seconds["batched"], naive_pairs_per_s=batch / seconds["naive"],
+                   batched_over_naive=seconds["naive"] / seconds["batched"],
+                   channels_last_pairs_per_s=batch / seconds["channels_last"],
+                   channels_last_over_default=seconds["batched"] / seconds["channels_last"])
+    if compile_model:
+        results.update(compiled_pairs_per_s=batch / seconds["compiled"],
+                       compiled_over_default=seconds["batched"] / seconds["compiled"])
+
+    with tempfile.TemporaryDirectory() as folder:
+        cache = build_demo_cache(Path(folder) / "demo", size=size, frames_per_track=24, tracks_per_identity=2)
+        tracks = cache.tracks
+        results["decode_pairs_per_s_one_worker"] = decode_rate(cache, tracks, batch, 8)
+        results["data_wait_share_one_worker"] = data_wait_share(model, cache, tracks, batch, steps, workers=1)
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling on a CPU)")
+    parser.add_argument("--skip-denormals", action="store_true",
+                        help="do not time the (slow) step without flushing denormal floats")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure_size(args.child, args.batch, args.steps, args.compile, args.skip_denormals)))
+        return
+    for size in args.sizes:  # one process per size: a clean peak-memory figure
+        command = [sys.executable, __file__, "--child", str(size), "--batch", str(args.batch), "--steps", str(args.steps)]
+        command += ["--compile"] if args.compile else []
+        command += ["--skip-denormals"] if args.skip_denormals else []
+        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"\n== {size} px, batch {result['batch']}, {result['threads']} threads, reference widths ==")
+        print(f"batched step (2 encoder passes): {result['batched_pairs_per_s']:.2f} pairs/s")
+        print(f"naive step (6 encoder calls):    {result['naive_pairs_per_s']:.2f} pairs/s  -> batched is "
+              f"{result['batched_over_naive']:.2f}x")
+        print(f"channels_last:                   {result['channels_last_pairs_per_s']:.2f} pairs/s  -> "
+              f"{result['channels_last_over_default']:.2f}x the default layout")
+        if "denormals_kept_pairs_per_s" in result:
+            print(f"denormals not flushed:           {result['denormals_kept_pairs_per_s']:.2f} pairs/s  -> flushing "
+                  f"them (torch.set_flush_denormal) is {result['flush_denormal_speedup']:.1f}x faster")
+        if "compiled_pairs_per_s" in result:
+            print(f"torch.compile:                   {result['compiled_pairs_per_s']:.2f} pairs/s  -> "
+                  f"{result['compiled_over_default']:.2f}x (compiling took {result['compile_seconds']:.0f} s)")
+        print(f"decoding, one worker:            {result['decode_pairs_per_s_one_worker']:.1f} pairs/s "
+              f"({result['decode_pairs_per_s_one_worker'] / result['batched_pairs_per_s']:.0f}x what training consumes)")
+        print(f"data waiting, one worker:        {100 * result['data_wait_share_one_worker']:.1f}% of step time")
+        print(f"peak RSS:                        {result['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
