@@ -37,3 +37,14 @@ def mediapipe_model() -> Path:
 @pytest.fixture
 def blazeface_files() -> tuple[Path, Path]:
     return _shared_path("models", "blazeface", "blazeface.pth"), _shared_path("models", "blazeface", "anchors.npy")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny convs on a busy 2-core machine run several times faster on one thread (no OpenMP contention)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -15,13 +15,7 @@ from video_fer.tracks import column_names
 TINY = dict(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs on a busy 2-core machine run much faster on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def run_bundle(bundle, seed=0):

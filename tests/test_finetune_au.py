@@ -30,13 +30,7 @@ DISFA_SUBJECTS = ("SN002", "SN010", "SN013", "SN018", "SN003", "SN029")
 BP4D_SUBJECTS = ("F001", "M007", "M011", "F003", "F007", "F015")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs on a busy 2-core machine run much faster on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 # ----------------------------------------------------------------------------- weights and losses

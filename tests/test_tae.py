@@ -13,13 +13,7 @@ REFERENCE_TCAE_PARAMETERS = 14.7e6  # TCAE, 256 px (issue / papers' code)
 SMALL = dict(image_size=64, width=8, embedding_dim=32, stream_width=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs on a busy 2-core machine run ~10x faster on one thread (no OpenMP contention)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def count(module: torch.nn.Module) -> int:

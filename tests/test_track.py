@@ -18,12 +18,7 @@ SHARED_VIDEOS = ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "no_face.mp4", 
 _MEMO = {}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,25 +11,12 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from video_fer.cli_args import key_value, landmarker_options, positive_float, positive_int
 from video_fer.cli_evaluate import register as add_evaluate_command
 from video_fer.cli_track import register as add_track_and_bundle_commands
 from video_fer.errors import ConfigError, VideoFerError
 
 EXIT_ERROR = 2
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -39,26 +26,6 @@ def _shard(text: str) -> tuple[int, int]:
         return parse_shard(text)
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), value
-
-
-def _parse_option_value(value: str):
-    """``3`` -> int, ``0.5`` -> float, ``true``/``false`` -> bool, else the string."""
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,35 +45,21 @@ def add_prepare_command(subparsers) -> None:
                         help="local model file (MediaPipe face_landmarker.task, or FAN weights)")
     parser.add_argument("--landmarks-dir", metavar="DIR",
                         help="precomputed landmarks (OpenFace CSV or npz per video), for --landmarker precomputed")
-    parser.add_argument("--landmarker-option", type=_key_value, action="extend", nargs="+", default=[],
+    parser.add_argument("--landmarker-option", type=key_value, action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE",
                         help="extra landmarker options; a dotted key fills a dict option, e.g. "
                              "num_faces=2 or detector_options.path_to_detector=blazeface.pth")
-    parser.add_argument("--size", type=_positive_int, default=256, help="crop side in pixels (default 256)")
-    parser.add_argument("--min-track-frames", type=_positive_int, default=None,
+    parser.add_argument("--size", type=positive_int, default=256, help="crop side in pixels (default 256)")
+    parser.add_argument("--min-track-frames", type=positive_int, default=None,
                         help="drop tracks with fewer processed frames (default: half a second's worth, at least 2)")
-    parser.add_argument("--fps", type=_positive_float, default=None,
+    parser.add_argument("--fps", type=positive_float, default=None,
                         help="process this many frames per second (e.g. 1 as in the TAE reference); default every frame")
-    parser.add_argument("--workers", type=_positive_int, default=1, help="processes over videos")
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes over videos")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
                         help="do every n-th video of the sorted list, starting at i (0-based)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="frames decoded at once")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="frames decoded at once")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_prepare)
-
-
-def landmarker_options(pairs: Sequence[tuple[str, str]]) -> dict:
-    """``[("num_faces", "2"), ("detector_options.path", "x")]`` -> ``{"num_faces": 2, "detector_options": {"path": "x"}}``."""
-    options: dict = {}
-    for key, value in pairs:
-        *parents, leaf = key.split(".")
-        target = options
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--landmarker-option {key}={value}: {parent!r} was already given a plain value")
-        target[leaf] = _parse_option_value(value)
-    return options
 
 
 def run_prepare(args: argparse.Namespace) -> int:

@@ -6,38 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), value
-
-
-def _parse_value(value: str):
-    """``3`` -> int, ``0.5`` -> float, ``true``/``false`` -> bool, else the string."""
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return value
+from video_fer.cli_args import key_value, landmarker_options, non_negative_int, positive_int
 
 
 def add_track_command(subparsers) -> None:
@@ -50,18 +19,18 @@ def add_track_command(subparsers) -> None:
     parser.add_argument("-o", "--out", metavar="OUT",
                         help="output folder (default ./processed), or the table's file name for a single clip")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (parquet needs pyarrow)")
-    parser.add_argument("--every", type=_positive_int, default=1, help="process every N-th frame")
-    parser.add_argument("--start", type=_non_negative_int, default=0, help="first frame")
-    parser.add_argument("--end", type=_positive_int, default=None, help="stop before this frame")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="frames per step (default 32)")
+    parser.add_argument("--every", type=positive_int, default=1, help="process every N-th frame")
+    parser.add_argument("--start", type=non_negative_int, default=0, help="first frame")
+    parser.add_argument("--end", type=positive_int, default=None, help="stop before this frame")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="frames per step (default 32)")
     parser.add_argument("--plot", action="store_true", help="also write <table>.png (AUs, expression, VA over time)")
     parser.add_argument("--video-out", action="store_true", help="also write <table>.annotated.mp4")
     parser.add_argument("--landmarker", choices=("mediapipe", "fan", "precomputed"), default="mediapipe")
     parser.add_argument("--landmarker-model", metavar="PATH", help="local landmarker model file (face_landmarker.task)")
-    parser.add_argument("--max-faces", type=_positive_int, default=None, help="most faces per frame (default 4)")
-    parser.add_argument("--landmarker-option", type=_key_value, action="extend", nargs="+", default=[],
+    parser.add_argument("--max-faces", type=positive_int, default=None, help="most faces per frame (default 4)")
+    parser.add_argument("--landmarker-option", type=key_value, action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE", help="extra landmarker options, e.g. detector_scores=false")
-    parser.add_argument("--confidence-every", type=_non_negative_int, default=8, metavar="N",
+    parser.add_argument("--confidence-every", type=non_negative_int, default=8, metavar="N",
                         help="run MediaPipe's face detector for the confidence column on every N-th frame and where "
                              "a face appears (default 8); 0 = the landmarker's own scores "
                              "(--landmarker-option detector_scores=true: the detector on every frame)")
@@ -75,7 +44,7 @@ def add_track_command(subparsers) -> None:
 def run_track(args: argparse.Namespace) -> int:
     from video_fer.tracks import DEFAULT_BATCH_SIZE, TrackSettings, track_files
 
-    options = {key: _parse_value(value) for key, value in args.landmarker_option}
+    options = landmarker_options(args.landmarker_option)
     if args.landmarker_model:
         options["model_path"] = args.landmarker_model
     if args.max_faces:
