@@ -11,13 +11,13 @@ Targets: valence and arousal in [-1, 1] (rows without them are left out); with
 Loss: ``mse_weight * MSE + ccc_weight * (1 - CCC)`` (+ expression CE). Metrics on the test
 split: RMSE, PCC and CCC of valence and arousal. Outputs (``train.output_dir``):
 ``losses.csv``, ``evaluation.csv``, ``va_scatter.png``, ``metrics.json``, ``checkpoints/step_*``
-(``--resume``), ``model/`` (``encoder/`` via ``video_fer.load_model``, ``head.safetensors`` + ``head.json``).
+(``--resume``), ``model/`` (``video_fer.load_model(<out>/model)`` returns a
+:class:`video_fer.models.heads_finetune.ValenceArousalModel`) and ``encoder/`` (the encoder alone).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,22 +27,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from torch import nn  # noqa: E402
+from accelerate.utils import set_seed  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from video_fer import metrics  # noqa: E402
-from video_fer.checkpoint import load_model, save_model  # noqa: E402
+from video_fer.checkpoint import save_model  # noqa: E402
 from video_fer.config import OptimConfig, config_to_dict, load_config  # noqa: E402
 from video_fer.data.expression_datasets import FaceLabelDataConfig, load_face_label_data, photometric_jitter  # noqa: E402
 from video_fer.errors import ConfigError  # noqa: E402
 from video_fer.head_losses import va_multitask_loss  # noqa: E402
 from video_fer.io_utils import atomic_path, atomic_write  # noqa: E402
-from video_fer.models.heads import backbone_channels, create_head  # noqa: E402
-from video_fer.models.tae import FaceActionEncoder, TAEConfig  # noqa: E402
-from video_fer.training import CsvLog, cosine_with_warmup, latest_checkpoint, save_checkpoint  # noqa: E402
+from video_fer.models.heads_finetune import (ValenceArousalModel, ValenceArousalModelConfig,  # noqa: E402
+                                             encoder_config_dict, load_encoder_weights, load_pretrained_encoder)
+from video_fer.training import (StepProgress, epoch_batches, evaluation_due, finetune_learning_rate,  # noqa: E402
+                                gather_in_order, make_finetune_accelerator, make_optimizer, optimizer_step,
+                                reduce_terms, resume_run, run_logs, save_checkpoint, save_final_checkpoint,
+                                step_generator)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune_va.yaml"
 TARGETS = ("valence", "arousal")
@@ -102,39 +102,18 @@ class FinetuneVAConfig:
 
 
 # ---------------------------------------------------------------------------- model
-class ValenceArousalModel(nn.Module):
-    """Encoder + two-level attention head: ``images -> HeadOutput(valence_arousal (B, 2), logits?)``."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module, freeze_encoder: bool):
-        super().__init__()
-        self.encoder, self.head, self.freeze_encoder = encoder, head, freeze_encoder
-        if freeze_encoder:
-            encoder.requires_grad_(False)
-
-    def forward(self, images):
-        if self.freeze_encoder:
-            self.encoder.eval()
-            with torch.no_grad():
-                return self.head(self.encoder.forward_features(images))
-        return self.head(self.encoder.forward_features(images))
-
-
 def build_model(model_config: ModelConfig, image_size: int, num_expressions: int) -> ValenceArousalModel:
-    if model_config.encoder:
-        encoder = load_model(model_config.encoder)
-        if encoder.config.image_size != image_size:
-            raise ConfigError(f"model.encoder={model_config.encoder}: trained on {encoder.config.image_size} px faces "
-                              f"but model.image_size={image_size}; set model.image_size={encoder.config.image_size}")
-    else:
-        encoder = FaceActionEncoder(TAEConfig(**{**model_config.backbone, "image_size": image_size}))
-    channels = backbone_channels(encoder, image_size)
-    strides = list(model_config.strides) if model_config.strides else [s for s in sorted(channels) if s >= 4]
-    missing = [s for s in strides if s not in channels]
-    if missing:
-        raise ConfigError(f"model.strides: {missing} are not strides of the encoder ({sorted(channels)})")
-    head = create_head("two_level_va", strides=strides, channels=[channels[s] for s in strides],
-                       num_expressions=num_expressions, image_size=image_size, **model_config.head_options)
-    return ValenceArousalModel(encoder, head, model_config.freeze_encoder)
+    """The registered VA model: a fresh encoder, or the pretrained one of ``model.encoder`` copied in."""
+    pretrained = load_pretrained_encoder(model_config.encoder, image_size)
+    config = ValenceArousalModelConfig(
+        image_size=image_size, strides=list(model_config.strides or []), num_expressions=num_expressions,
+        encoder_architecture=getattr(type(pretrained), "architecture_name", "tae_encoder"),
+        encoder=encoder_config_dict(pretrained.config if pretrained is not None else model_config.backbone),
+        head_options=dict(model_config.head_options), freeze_encoder=model_config.freeze_encoder)
+    model = ValenceArousalModel(config)
+    if pretrained is not None:
+        load_encoder_weights(model, pretrained)
+    return model
 
 
 @torch.no_grad()
@@ -152,12 +131,8 @@ def predict(model, faces, indices: np.ndarray, batch_size: int, device) -> np.nd
 
 def evaluate(model, faces, accelerator, batch_size: int) -> tuple[dict[str, float], np.ndarray]:
     """RMSE, PCC, CCC of valence and arousal on ``faces`` (sharded over processes)."""
-    rank, world = accelerator.process_index, accelerator.num_processes
-    shard = np.arange(len(faces))[rank::world]
-    gathered = gather_object([(shard, predict(accelerator.unwrap_model(model), faces, shard, batch_size,
-                                              accelerator.device))])
-    order = np.concatenate([part[0] for part in gathered])
-    prediction = np.concatenate([part[1] for part in gathered])[np.argsort(order)]
+    prediction = gather_in_order(accelerator, len(faces), lambda rows: predict(
+        accelerator.unwrap_model(model), faces, rows, batch_size, accelerator.device))
     truth = faces.valence_arousal.numpy()
     rmse = metrics.root_mean_square_error(truth, prediction)
     pcc = metrics.pearson_correlation(truth, prediction)
@@ -205,10 +180,7 @@ def main(argv=None) -> int:
     if train.threads:
         torch.set_num_threads(train.threads)
     out = Path(train.output_dir)
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # The encoder's pose branch takes no part in the VA loss: DDP must allow unused parameters.
-    accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu_processes,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = make_finetune_accelerator(train.mixed_precision)
     set_seed(train.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
@@ -219,9 +191,8 @@ def main(argv=None) -> int:
     size = model_config.image_size
     with accelerator.main_process_first():
         loaded = load_face_label_data(data, size, out, train.seed)
-    train_faces, test_faces, info = loaded.train, loaded.test, loaded.info
     annotated = lambda faces: faces.select(np.flatnonzero(np.isfinite(faces.valence_arousal.numpy()).all(1)))  # noqa: E731
-    train_faces, test_faces = annotated(train_faces), annotated(test_faces)
+    train_faces, test_faces, info = annotated(loaded.train), annotated(loaded.test), loaded.info
     auxiliary = config.loss.expression_weight > 0
     if auxiliary and (train_faces.labels < 0).any():
         raise ConfigError("loss.expression_weight > 0 needs a class label on every training face; set it to 0")
@@ -233,121 +204,70 @@ def main(argv=None) -> int:
     accelerator.print(f"valence/arousal: {len(train_faces)} training and {len(test_faces)} test faces; "
                       f"{json.dumps(info)[:400]}")
 
-    # ---------------------------------------------------------------- model, optimiser, prepare
+    # ---------------------------------------------------------------- model, optimiser, prepare, resume
     model = build_model(model_config, size, len(train_faces.class_names) if auxiliary else 0)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if optim.name == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    elif optim.name == "adamw":
-        optimizer = torch.optim.AdamW(trainable, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
-    else:
-        raise ConfigError(f"optim.name={optim.name!r}: choose 'adamw' or 'sgd'")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
-
-    class Progress:  # accelerate checkpoints objects with state_dict / load_state_dict
-        def state_dict(self):
-            return dict(progress)
-
-        def load_state_dict(self, state):
-            progress.update(state)
-
-    accelerator.register_for_checkpointing(Progress())
-    resumed_from = None
-    if args.resume:
-        resumed_from = latest_checkpoint(out) if args.resume == "auto" else Path(args.resume)
-        if resumed_from is None:
-            accelerator.print(f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting from scratch")
-        else:
-            accelerator.load_state(str(resumed_from))
-            accelerator.print(f"resumed from {resumed_from} (step {progress['step']})")
-    after = progress["step"] if resumed_from else None
-    loss_log = CsvLog(out / "losses.csv", resume_after_step=after) if accelerator.is_main_process else None
-    eval_log = CsvLog(out / "evaluation.csv", resume_after_step=after) if accelerator.is_main_process else None
+    model, optimizer = accelerator.prepare(model, make_optimizer(model, optim))
+    progress = StepProgress()
+    accelerator.register_for_checkpointing(progress)
+    resumed_from = resume_run(accelerator, args.resume, out)
+    if resumed_from is not None:
+        accelerator.print(f"resumed from {resumed_from} (step {progress.step})")
+    loss_log, eval_log = run_logs(accelerator, out, progress.step if resumed_from else None)
 
     # ---------------------------------------------------------------- loop
-    bar = tqdm(total=total_steps, initial=progress["step"], disable=not accelerator.is_main_process, desc="va")
-    results, prediction, last_checkpoint = {}, None, resumed_from
+    bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_main_process, desc="va")
+    results, prediction, last_checkpoint, faces_epoch = {}, None, resumed_from, 0
     model.train()
-    while progress["step"] < total_steps:
-        if loaded.redraw_train is not None and train.redraw_synthetic and progress["epoch"] > 0:
-            train_faces = annotated(loaded.redraw_train(progress["epoch"]))  # fresh animation, same faces and size
-        # One permutation per epoch from (seed, epoch): every rank agrees, resume continues exactly.
-        order = torch.randperm(len(train_faces), generator=torch.Generator().manual_seed(train.seed * 7919 + progress["epoch"]))
-        mine = order[rank::world][:steps_per_epoch * train.batch_size].view(steps_per_epoch, train.batch_size)
-        for batch_index in range(progress["batch_in_epoch"], steps_per_epoch):
-            if progress["step"] >= total_steps:
-                break
-            rows = mine[batch_index]
-            images = train_faces.images[rows].to(accelerator.device).float() / 255.0
-            targets = train_faces.valence_arousal[rows].to(accelerator.device)
-            generator = torch.Generator().manual_seed(train.seed * 1_000_003 + progress["step"] * 31 + rank)
-            if train.flip:  # a mirror image has the same valence and arousal
-                flip = (torch.rand(len(rows), generator=generator) < 0.5).to(accelerator.device)
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            images = photometric_jitter(images, train.color_jitter, generator)
-            with accelerator.autocast():
-                output = model(images)
-                terms = va_multitask_loss(output, targets, config.loss.mse_weight, config.loss.ccc_weight,
-                                          train_faces.labels[rows].to(accelerator.device) if auxiliary else None,
-                                          config.loss.expression_weight)
-            if optim.schedule == "cosine":
-                lr = optim.lr * cosine_with_warmup(progress["step"], total_steps, optim.warmup_steps, optim.min_lr_ratio)
-            elif optim.schedule == "constant":
-                lr = optim.lr * min((progress["step"] + 1) / max(optim.warmup_steps, 1), 1.0)
-            else:
-                raise ConfigError(f"optim.schedule={optim.schedule!r}: choose 'cosine' or 'constant' for fine-tuning")
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(terms["total"])
-            if optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
-            optimizer.step()
-            progress["step"] += 1
-            progress["batch_in_epoch"] = batch_index + 1
-            bar.update(1)
-            if progress["step"] % train.log_every == 0 or progress["step"] == total_steps:
-                values = {name: float(accelerator.reduce(value.detach().float(), "mean")) for name, value in terms.items()}
-                if accelerator.is_main_process:
-                    loss_log.write({"step": progress["step"], "epoch": progress["epoch"], "lr": lr, **values})
-                    bar.set_postfix(loss=f"{values['total']:.3f}", ccc_loss=f"{values['ccc']:.3f}")
-            every = config.eval.every
-            due = progress["step"] % every == 0 if every else progress["batch_in_epoch"] == steps_per_epoch
-            if (due or progress["step"] == total_steps) and len(test_faces) > 1:
-                results, prediction = evaluate(model, test_faces, accelerator, config.eval.batch_size)
-                if accelerator.is_main_process:
-                    eval_log.write({"step": progress["step"], "epoch": progress["epoch"], **results})
-                    bar.write(f"step {progress['step']}: test CCC valence {results['valence_ccc']:.3f}, "
-                              f"arousal {results['arousal_ccc']:.3f}")
-            if train.save_every and progress["step"] % train.save_every == 0:
-                last_checkpoint = save_checkpoint(accelerator, out, progress["step"], train.keep_checkpoints)
-        if progress["batch_in_epoch"] >= steps_per_epoch:
-            progress["epoch"] += 1
-            progress["batch_in_epoch"] = 0
+    for epoch, batch_index, rows in epoch_batches(progress, total_steps, steps_per_epoch, len(train_faces),
+                                                  train.batch_size, train.seed, rank, world):
+        if epoch != faces_epoch and loaded.redraw_train is not None and train.redraw_synthetic:
+            train_faces = annotated(loaded.redraw_train(epoch))  # fresh animation, same faces and size
+        faces_epoch = epoch
+        images = train_faces.images[rows].to(accelerator.device).float() / 255.0
+        targets = train_faces.valence_arousal[rows].to(accelerator.device)
+        generator = step_generator(train.seed, progress.step, rank)
+        if train.flip:  # a mirror image has the same valence and arousal
+            flip = (torch.rand(len(rows), generator=generator) < 0.5).to(accelerator.device)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        images = photometric_jitter(images, train.color_jitter, generator)
+        with accelerator.autocast():
+            output = model(images)
+            terms = va_multitask_loss(output, targets, config.loss.mse_weight, config.loss.ccc_weight,
+                                      train_faces.labels[rows].to(accelerator.device) if auxiliary else None,
+                                      config.loss.expression_weight)
+        lr = finetune_learning_rate(optim, progress.step, total_steps)
+        optimizer_step(accelerator, model, optimizer, terms["total"], lr, optim.grad_clip)
+        progress.advance(batch_index)
+        bar.update(1)
+        if progress.step % train.log_every == 0 or progress.step == total_steps:
+            values = reduce_terms(accelerator, terms)
+            if accelerator.is_main_process:
+                loss_log.write({"step": progress.step, "epoch": progress.epoch, "lr": lr, **values})
+                bar.set_postfix(loss=f"{values['total']:.3f}", ccc_loss=f"{values['ccc']:.3f}")
+        if evaluation_due(progress, config.eval.every, steps_per_epoch, total_steps) and len(test_faces) > 1:
+            results, prediction = evaluate(model, test_faces, accelerator, config.eval.batch_size)
+            if accelerator.is_main_process:
+                eval_log.write({"step": progress.step, "epoch": progress.epoch, **results})
+                bar.write(f"step {progress.step}: test CCC valence {results['valence_ccc']:.3f}, "
+                          f"arousal {results['arousal_ccc']:.3f}")
+        if train.save_every and progress.step % train.save_every == 0:
+            last_checkpoint = save_checkpoint(accelerator, out, progress.step, train.keep_checkpoints)
     bar.close()
 
     # ---------------------------------------------------------------- checkpoint and export
-    if last_checkpoint is None or not str(last_checkpoint).endswith(f"step_{progress['step']:08d}"):
-        save_checkpoint(accelerator, out, progress["step"], train.keep_checkpoints)
+    save_final_checkpoint(accelerator, out, progress.step, train.keep_checkpoints, last_checkpoint)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        export = out / "model"
-        save_model(unwrapped.encoder, export / "encoder", extra={"step": progress["step"]})
-        save_file({k: v.detach().contiguous().cpu() for k, v in unwrapped.head.state_dict().items()},
-                  str(export / "head.safetensors"))
-        with atomic_write(export / "head.json") as handle:
-            json.dump({"head": "two_level_va", "image_size": size, "strides": list(unwrapped.head.strides),
-                       "num_expressions": len(train_faces.class_names) if auxiliary else 0,
-                       "head_options": model_config.head_options}, handle, indent=2)
+        save_model(unwrapped, out / "model", extra={"step": progress.step})  # video_fer.load_model(out / "model")
+        save_model(unwrapped.encoder, out / "encoder", extra={"step": progress.step})
         if prediction is not None:
             plot_scatter(out / "va_scatter.png", test_faces.valence_arousal.numpy(), prediction, results)
-        summary = {"steps": progress["step"], "train_faces": len(train_faces), "test_faces": len(test_faces),
-                   "data": info, **results}
+        summary = {"steps": progress.step, "train_faces": len(train_faces), "test_faces": len(test_faces),
+                   "strides": list(unwrapped.head.strides), "data": info, **results}
         with atomic_write(out / "metrics.json") as handle:
             json.dump(summary, handle, indent=2)
         accelerator.print(f"outputs in {out.resolve()}: metrics.json, evaluation.csv, losses.csv, va_scatter.png, "
-                          "model/, checkpoints/")
+                          "model/ (video_fer.load_model), encoder/, checkpoints/")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0

@@ -48,6 +48,7 @@ from video_fer.training import (  # noqa: E402
     TrainingDivergedError,
     cosine_with_warmup,
     latest_checkpoint,
+    make_optimizer,
     save_checkpoint,
     save_image_grid,
 )
@@ -88,15 +89,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="continue from a checkpoint folder; without a value: the latest in train.output_dir")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. optim.lr=3e-4")
     return parser.parse_args(argv)
-
-
-def make_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
-    """SGD with momentum (the reference) or AdamW (ours)."""
-    if optim.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    if optim.name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
-    raise ConfigError(f"optim.name={optim.name!r}: choose 'adamw' or 'sgd'")
 
 
 def learning_rate(optim, progress: TrainingProgress, total_steps: int) -> float:

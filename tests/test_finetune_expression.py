@@ -43,7 +43,7 @@ TINY = ["model.image_size=64", "model.backbone.width=8", "model.backbone.embeddi
 @pytest.mark.parametrize("head", ["acnn", "ran", "prior", "aha", "linear"])
 def test_expression_recipe_runs_each_head_and_writes_outputs(expression_recipe, tmp_path, head):
     out = tmp_path / head
-    extra = {"ran": ["model.head_options.crop_size=32"], "prior": ["model.head_options.channels=[8,16]"],
+    extra = {"ran": ["model.head_options.crop_size=64"], "prior": ["model.head_options.channels=[8,16]"],
              "acnn": ["model.head_options.fc_dim=64"]}.get(head, [])
     assert expression_recipe.main(["--head", head, f"train.output_dir={out}", *TINY, *extra]) == 0
     summary = json.loads((out / "metrics.json").read_text())
@@ -61,14 +61,17 @@ def test_expression_recipe_runs_each_head_and_writes_outputs(expression_recipe, 
     if head == "aha":
         assert "region_cross_entropy" in losses[0]
     assert (out / "confusion_test.png").stat().st_size > 1000
-    assert (out / "model" / "head.safetensors").is_file()
-    head_info = json.loads((out / "model" / "head.json").read_text())
-    assert head_info["head"] == head and head_info["num_classes"] == 7
+    model = load_model(out / "model")  # the whole fine-tuned model, registered as "expression_model"
+    assert model.config.head == head and model.config.num_classes == 7 and len(model.config.class_names) == 7
+    faces = torch.rand(2, 3, 64, 64)
+    assert model(faces, torch.rand(2, 68, 2) * 40 + 12).logits.shape == (2, 7)
     if head in ("ran", "prior"):  # these heads encode crops of the image themselves
-        assert not (out / "model" / "encoder").exists()
+        assert model.encoder is None and not (out / "encoder").exists()
     else:
-        encoder = load_model(out / "model" / "encoder")
+        encoder = load_model(out / "encoder")
         assert encoder.config.image_size == 64 and encoder.config.width == 8
+        torch.testing.assert_close(encoder.forward_features(faces).action_embedding,
+                                   model.encoder.forward_features(faces).action_embedding)
 
 
 def test_expression_recipe_resumes_where_it_stopped(expression_recipe, tmp_path, capsys):
@@ -119,6 +122,9 @@ def test_va_recipe_runs_and_reports_rmse_pcc_ccc(va_recipe, tmp_path):
     losses = read_csv_log(out / "losses.csv")
     assert {"mse", "ccc", "expression_cross_entropy", "total"} <= set(losses[0])
     assert (out / "va_scatter.png").stat().st_size > 1000
-    head_info = json.loads((out / "model" / "head.json").read_text())
-    assert head_info["strides"] == [4, 8] and head_info["num_expressions"] == 7  # 64 px trunk: strides 2, 4, 8
-    assert load_model(out / "model" / "encoder").config.image_size == 64
+    assert summary["strides"] == [4, 8]  # 64 px trunk: strides 2, 4, 8; the head reads 4 and 8
+    model = load_model(out / "model")  # registered as "valence_arousal_model"
+    assert model.config.num_expressions == 7 and model.head.strides == (4, 8)
+    output = model(torch.rand(3, 3, 64, 64))
+    assert output.valence_arousal.shape == (3, 2) and output.logits.shape == (3, 7)
+    assert load_model(out / "encoder").config.image_size == 64

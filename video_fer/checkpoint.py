@@ -34,7 +34,7 @@ _SHOWN_KEYS = 5  # how many mismatching keys an error lists
 
 _ARCHITECTURES: dict[str, type[nn.Module]] = {}
 # Modules that register architectures; imported by load_model so a fresh process finds them.
-_BUILTIN_MODULES = ("video_fer.models.tae", "video_fer.data.au_training")
+_BUILTIN_MODULES = ("video_fer.models.tae", "video_fer.data.au_training", "video_fer.models.heads_finetune")
 
 
 def register_architecture(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -248,3 +248,157 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_ratio
         return (step + 1) / warmup_steps
     progress = min(max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1), 1.0)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------
+# Fine-tuning recipes (finetune_expression.py, finetune_va.py): the shared loop pieces
+# --------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module | Iterable[torch.nn.Parameter], optim) -> torch.optim.Optimizer:
+    """SGD with momentum (the reference) or AdamW (ours) over the trainable parameters.
+
+    ``optim`` is a :class:`video_fer.config.OptimConfig`-like object (``name``, ``lr``,
+    ``momentum``, ``betas``, ``weight_decay``). Frozen parameters (``requires_grad=False``) are left out.
+    """
+    from video_fer.errors import ConfigError
+
+    parameters = model.parameters() if isinstance(model, torch.nn.Module) else model
+    trainable = [parameter for parameter in parameters if parameter.requires_grad]
+    if optim.name == "sgd":
+        return torch.optim.SGD(trainable, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(trainable, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    raise ConfigError(f"optim.name={optim.name!r}: choose 'adamw' or 'sgd'")
+
+
+def finetune_learning_rate(optim, step: int, total_steps: int) -> float:
+    """Warmup then cosine down to ``min_lr_ratio`` (``optim.schedule="cosine"``) or warmup then constant."""
+    from video_fer.errors import ConfigError
+
+    if optim.schedule == "cosine":
+        return optim.lr * cosine_with_warmup(step, total_steps, optim.warmup_steps, optim.min_lr_ratio)
+    if optim.schedule == "constant":
+        return optim.lr * min((step + 1) / max(optim.warmup_steps, 1), 1.0)
+    raise ConfigError(f"optim.schedule={optim.schedule!r}: choose 'cosine' or 'constant' for fine-tuning")
+
+
+class StepProgress:
+    """Where a fine-tuning run is: ``step``, ``epoch``, ``batch_in_epoch`` (checkpointed by accelerate)."""
+
+    def __init__(self) -> None:
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+    def advance(self, batch_index: int) -> None:
+        """One optimiser step done on batch ``batch_index`` of the current epoch."""
+        self.step += 1
+        self.batch_in_epoch = batch_index + 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+
+
+def epoch_batches(progress: StepProgress, total_steps: int, steps_per_epoch: int, count: int, batch_size: int,
+                  seed: int, rank: int = 0, world: int = 1):
+    """Yield ``(epoch, batch_index, rows (batch_size,))`` until ``progress.step == total_steps``.
+
+    One permutation of ``count`` items per epoch from ``(seed, epoch)``, so every rank agrees
+    and a resumed run continues exactly; rank ``r`` takes every ``world``-th item. The caller
+    calls ``progress.advance(batch_index)`` after each optimiser step; epochs roll over here.
+    """
+    while progress.step < total_steps:
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7919 + progress.epoch))
+        mine = order[rank::world][:steps_per_epoch * batch_size].view(steps_per_epoch, batch_size)
+        for batch_index in range(progress.batch_in_epoch, steps_per_epoch):
+            if progress.step >= total_steps:
+                break
+            yield progress.epoch, batch_index, mine[batch_index]
+        if progress.batch_in_epoch >= steps_per_epoch:
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The augmentation generator of one step on one rank (reproducible, resumable)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 31 + rank)
+
+
+def optimizer_step(accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   lr: float, grad_clip: float = 0.0) -> None:
+    """Set ``lr`` on every group, backpropagate ``loss``, clip the gradient norm (if > 0), step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
+def evaluation_due(progress: StepProgress, every: int, steps_per_epoch: int, total_steps: int) -> bool:
+    """Every ``every`` steps (0: at the end of each epoch), and always at the last step."""
+    due = progress.step % every == 0 if every else progress.batch_in_epoch == steps_per_epoch
+    return due or progress.step == total_steps
+
+
+def reduce_terms(accelerator, terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar loss terms averaged over processes, as floats."""
+    return {name: float(accelerator.reduce(value.detach().float(), "mean")) for name, value in terms.items()}
+
+
+def make_finetune_accelerator(mixed_precision: str = "no"):
+    """An ``Accelerator`` for the fine-tuning recipes.
+
+    DDP must allow unused parameters (the TAE encoder's pose branch takes no part in a head's
+    loss); several processes without a GPU run on the CPU (gloo).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_processes,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def resume_run(accelerator, resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """Load the accelerate state of ``--resume`` (``"auto"``: the latest checkpoint of ``output_dir``).
+
+    Returns the checkpoint loaded, or None (no ``--resume``, or nothing saved yet: a message says so).
+    """
+    if not resume:
+        return None
+    found = latest_checkpoint(output_dir) if resume == "auto" else Path(resume)
+    if found is None:
+        accelerator.print(f"--resume: no checkpoint in {Path(output_dir) / 'checkpoints'} yet; starting from scratch")
+        return None
+    accelerator.load_state(str(found))
+    return found
+
+
+def run_logs(accelerator, output_dir: str | os.PathLike, resumed_step: int | None,
+             names: Sequence[str] = ("losses.csv", "evaluation.csv")) -> list[CsvLog | None]:
+    """One :class:`CsvLog` per name on the main process (None elsewhere), cut after ``resumed_step``."""
+    if not accelerator.is_main_process:
+        return [None for _ in names]
+    return [CsvLog(Path(output_dir) / name, resume_after_step=resumed_step) for name in names]
+
+
+def gather_in_order(accelerator, count: int, predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``predict(rows)`` on this process's shard of ``range(count)``, gathered from all processes in row order."""
+    from accelerate.utils import gather_object
+
+    shard = np.arange(count)[accelerator.process_index::accelerator.num_processes]
+    gathered = gather_object([(shard, predict(shard))])
+    order = np.concatenate([part[0] for part in gathered])
+    return np.concatenate([part[1] for part in gathered])[np.argsort(order)]
+
+
+def save_final_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, keep: int,
+                          last_checkpoint: Path | None) -> Path:
+    """Save the step-``step`` checkpoint unless ``last_checkpoint`` already is that step."""
+    if last_checkpoint is not None and Path(last_checkpoint).name == checkpoint_dir(output_dir, step).name:
+        return Path(last_checkpoint)
+    return save_checkpoint(accelerator, output_dir, step, keep)

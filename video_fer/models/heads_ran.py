@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from video_fer.errors import ConfigError
-from video_fer.models.heads import HeadInputError, HeadOutput, SmallRegionEncoder, require
+from video_fer.models.heads import HeadInputError, HeadOutput, SmallRegionEncoder, pooled_norm, require
 from video_fer.models.regions import (RAN_FIXED_CROPS, crop_resize, landmark_centred_boxes, random_boxes,
                                       relative_boxes, whole_image_box)
 
@@ -71,6 +71,9 @@ class RANHead(nn.Module):
         self.crops, self.crop_size = crops, crop_size
         self.num_random_crops, self.random_scale = num_random_crops, random_scale
         self.landmark_side_fraction, self.eval_seed = landmark_side_fraction, eval_seed
+        # [ours] Region features are batch-normalised before the attention (like the linear probe's
+        # BatchNorm): unnormalised crop embeddings left RAN at chance on the synthetic benchmark.
+        self.region_norm = pooled_norm(feature_dim)
         self.self_attention = nn.Linear(feature_dim, 1)
         self.relation_attention = nn.Linear(2 * feature_dim, 1)
         self.dropout = nn.Dropout(dropout)
@@ -99,7 +102,8 @@ class RANHead(nn.Module):
         boxes = self.crop_boxes(images, landmarks)
         # 2x2 samples per output pixel: crops shrink 3-4x, one sample would alias.
         crops = crop_resize(images, boxes, self.crop_size, samples_per_bin=2)  # (B, 1+K, 3, h, w)
-        region_features = self.region_encoder(crops.flatten(0, 1)).view(crops.shape[0], crops.shape[1], -1)
+        encoded = self.region_norm(self.region_encoder(crops.flatten(0, 1)))  # (B * (1+K), D)
+        region_features = encoded.view(crops.shape[0], crops.shape[1], -1)
         pooled, mu, nu = ran_attention_pool(region_features, self.self_attention, self.relation_attention)
         return HeadOutput(logits=self.classifier(self.dropout(pooled)), embedding=pooled,
                           attention={"self": mu, "relation": nu, "boxes": boxes})
