@@ -138,3 +138,25 @@ def test_alignment_size_must_match_the_encoder():
     bundle = random_bundle(**TINY, va=False)
     with pytest.raises(CheckpointError, match="crops of 128 px but the encoder takes 64 px"):
         ModelBundle(bundle.encoder, {}, AlignmentSpec(size=128))
+
+
+def test_folding_batch_norms_keeps_the_outputs_and_track_leaves_the_callers_bundle_alone():
+    from video_fer.bundle import fuse_batch_norms
+    from video_fer.tracks import TrackSettings, inference_bundle
+
+    bundle = random_bundle(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8,
+                           expression_head="acnn", va=True)
+    crops = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    landmarks = torch.rand(3, 68, 2) * 63
+    keys = set(bundle.state_dict())
+    prepared = inference_bundle(bundle, TrackSettings())
+    assert set(bundle.state_dict()) == keys  # the caller's bundle is untouched
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.encoder.modules())
+    assert inference_bundle(prepared, TrackSettings()) is prepared  # prepared once
+    with torch.inference_mode():
+        before, after = bundle(crops, landmarks), prepared(crops.contiguous(memory_format=torch.channels_last), landmarks)
+    for name in ("au_presence", "expression", "valence_arousal"):
+        torch.testing.assert_close(getattr(after, name), getattr(before, name), atol=1e-5, rtol=1e-4)
+    assert fuse_batch_norms(prepared) == 0  # nothing left to fold
+    with pytest.raises(CheckpointError, match="training mode"):
+        fuse_batch_norms(bundle.train())

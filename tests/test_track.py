@@ -230,13 +230,32 @@ def test_track_settings_are_checked():
 
     with pytest.raises(ConfigError, match="end=5 must be larger than start=9"):
         TrackSettings(start=9, end=5)
+    with pytest.raises(ConfigError, match="precision='float16'"):
+        TrackSettings(precision="float16")
+    with pytest.raises(ConfigError, match="landmark_every=0"):
+        TrackSettings(landmark_every=0)
+
+
+def test_bfloat16_network_stays_close_to_float32(shared_videos, mediapipe_model, bundle_dir):
+    clip = shared_videos / "single_face.mp4"
+    options = dict(end=12, landmarker_options={"model_path": str(mediapipe_model)})
+    exact = track(clip, bundle_dir, **options)
+    fast = track(clip, bundle_dir, precision="bfloat16", **options)
+    assert list(exact) == list(fast) and np.array_equal(exact["success"], fast["success"])
+    for name in [c for c in exact if c.startswith(("AU", "expression_")) or c in ("valence", "arousal")]:
+        difference = np.abs(np.asarray(exact[name], float) - np.asarray(fast[name], float))
+        assert difference.max() < 0.05, name  # bfloat16 keeps 8 bits of mantissa
+    assert any(np.abs(np.asarray(exact[c], float) - np.asarray(fast[c], float)).max() > 0 for c in exact
+               if c.startswith("AU"))  # really computed in bfloat16
 
 
 def test_sparse_confidence_equals_the_per_frame_detector_where_it_runs(shared_videos, mediapipe_model, bundle_dir):
     clip = shared_videos / "WolfgangLanger_Pexels.mp4"
-    sparse = track(clip, bundle_dir, end=24, confidence_every=8, landmarker_options={"model_path": str(mediapipe_model)})
-    every = track(clip, bundle_dir, end=24, landmarker_options={"model_path": str(mediapipe_model),
-                                                                "detector_scores": True})
+    # landmarks on every frame: with keyframes, the per-frame detector would only run on the keyframes
+    sparse = track(clip, bundle_dir, end=24, confidence_every=8, landmark_every=1,
+                   landmarker_options={"model_path": str(mediapipe_model)})
+    every = track(clip, bundle_dir, end=24, landmark_every=1, landmarker_options={"model_path": str(mediapipe_model),
+                                                                                  "detector_scores": True})
     assert (sparse["success"] == 1).all() and (every["success"] == 1).all()
     np.testing.assert_allclose(sparse["confidence"][::8], every["confidence"][::8], atol=1e-5)
     # between detections a face keeps its latest score

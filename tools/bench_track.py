@@ -1,10 +1,12 @@
 """Benchmark `video-fer track`: end-to-end frames per second, ratio to decode-only, peak memory.
 
 Every track run is a whole process (``python -m video_fer.cli_track track CLIP --model BUNDLE``:
-interpreter start, imports, model loading, MediaPipe start-up, tracking, writing the CSV), timed
-from outside; its peak resident memory comes from ``os.wait4``. Decode-only speed (decord, the
-same clip, every frame, the reader ``track`` uses) is measured in the same run, so the ratio
-compares like with like on however busy the machine is at that moment.
+interpreter start, imports, model loading, MediaPipe start-up, tracking, writing the CSV, exit),
+timed from outside; its peak resident memory and CPU time come from ``os.wait4``. Decode-only
+speed (decord, the same clip, every frame, the reader ``track`` uses) is measured in the same
+run, so the ratio compares like with like on however busy the machine is at that moment; the
+load average is printed before and after (wall-clock fps on a loaded 2-core machine mostly
+measures the other processes: the CPU seconds per frame are the steadier figure).
 
 The bundle is built with random weights (outputs mean nothing; speed does not depend on the
 weights): a TAE encoder (``--width``, ``--image-size``, K attention streams), the papers' linear
@@ -13,17 +15,21 @@ VA head.
 
 ``--long-repeats N`` also writes a long clip (all shared videos, resized to 640x360, repeated N
 times) and tracks it, to show that peak memory does not grow with the clip's length.
+``--landmark-error`` measures what landmarks on keyframes cost in accuracy (see
+:func:`keyframe_landmark_error`).
 
     python tools/bench_track.py                         # reference widths at 128 px, 3 runs each
     python tools/bench_track.py --width 16 --embedding-dim 128 --streams 4 --stream-width 32   # the recipe's demo size
-    python tools/bench_track.py --variants              # also: no pipelining, no detector scores
+    python tools/bench_track.py --variants              # also: bfloat16, landmarks on every frame, no pipelining ...
+    python tools/bench_track.py --runs 0 --stages       # CPU cost of each stage, in process
+    python tools/bench_track.py --landmark-error        # keyframe landmarks vs every frame, shared videos
     python tools/bench_track.py --long-repeats 6
-    python tools/bench_track.py --stages                # CPU cost of each stage, in process
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,8 +59,10 @@ def run_process(command: list[str]) -> tuple[float, float, int, float]:
     return seconds, usage.ru_maxrss / 1024.0, process.returncode, usage.ru_utime + usage.ru_stime
 
 
-def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, frames_limit: int = 240) -> dict[str, float]:
-    """CPU milliseconds per frame of each stage, run one after the other (no pipelining), torch on one thread.
+def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_every: int, frames_limit: int = 240
+                ) -> dict[str, float]:
+    """CPU milliseconds per processed frame of each stage, run one after the other (no pipelining),
+    torch on one thread, as ``track`` runs them by default.
 
     Process CPU time, because MediaPipe and decord compute in threads of their own.
     """
@@ -64,16 +72,25 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, frames_lim
     from video_fer.bundle import load_bundle
     from video_fer.data.prepare import align_in_regions
     from video_fer.faces import create_landmarker
+    from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
+    from video_fer.faces.tracking import FaceTracker
     from video_fer.head_pose import estimate_head_pose
-    from video_fer.tracks import shrink_then_align
+    from video_fer.track_align import shrink_then_align
+    from video_fer.tracks import SparseDetectorConfidence, TrackSettings, default_landmarker_options, inference_bundle
     from video_fer.video import VideoReader
 
     torch.set_num_threads(1)
-    bundle = load_bundle(bundle_dir).to(memory_format=torch.channels_last)
-    names = ("decode", "landmarks + detector scores", "align (fast)", "align (exact, as prepare)", "network", "head pose")
+    bundle = inference_bundle(load_bundle(bundle_dir), TrackSettings())  # BatchNorms folded, channels-last
+    landmarks_name = f"landmarks (MediaPipe on every {landmark_every}. frame + interpolation)"
+    names = ("decode", "landmarks (MediaPipe on every frame)", landmarks_name, "tracker",
+             "confidence (detector every 8th frame)", "align (fast)", "align (exact, as prepare)", "network", "head pose")
     costs = dict.fromkeys(names, 0.0)
-    landmarker = create_landmarker("mediapipe", model_path=str(landmarker_model), blendshapes=False)
-    landmarker.start_clip(str(clip), 24.0)
+    options = {**default_landmarker_options("mediapipe"), "model_path": str(landmarker_model)}
+    every_frame = create_landmarker("mediapipe", **options)
+    landmarker = create_landmarker("mediapipe", **options)
+    keyframes = KeyframeLandmarks(landmarker, landmark_every, image_mode_twin(landmarker))
+    confidence = SparseDetectorConfidence(landmarker_model, 8)
+    tracker = FaceTracker()
 
     def timed(name, function, *arguments):
         clock = time.process_time()
@@ -81,27 +98,109 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, frames_lim
         costs[name] += time.process_time() - clock
         return value
 
+    def network_stages(chunk):
+        from video_fer.tracks import FaceBatch
+
+        ids = [i for index, faces in zip(chunk.frame_indices, chunk.faces)
+               for i in timed("tracker", tracker.update, int(index), faces)]
+        positions = np.array([p for p, faces in enumerate(chunk.faces) for _ in faces], np.int64)
+        landmarks = np.array([f.landmarks for faces in chunk.faces for f in faces], np.float32).reshape(-1, 68, 2)
+        batch = FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, positions, landmarks,
+                          np.full(len(positions), 0.5, np.float32), np.asarray(ids, np.int64))
+        timed("confidence (detector every 8th frame)", confidence, batch)
+        if not len(positions):
+            return
+        landmarks, positions = torch.from_numpy(landmarks), torch.from_numpy(positions)
+        crops, crop_landmarks = timed("align (fast)", shrink_then_align, chunk.frames, landmarks, positions,
+                                      bundle.alignment)
+        timed("align (exact, as prepare)", align_in_regions, chunk.frames, landmarks, positions, bundle.alignment)
+        images = crops.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            timed("network", bundle, images, crop_landmarks)
+        timed("head pose", estimate_head_pose, landmarks)
+
     count = 0
     with VideoReader(clip) as reader:
+        every_frame.start_clip(str(clip), reader.fps)
+        keyframes.start_clip(str(clip), reader.fps)
         for first in range(0, min(frames_limit, len(reader)), 32):
             indices = np.arange(first, min(first + 32, frames_limit, len(reader)))
             frames = timed("decode", reader.get, indices)
-            per_frame = timed("landmarks + detector scores", landmarker, frames, indices, reader.timestamps[indices])
-            positions = torch.tensor([p for p, faces in enumerate(per_frame) for _ in faces], dtype=torch.long)
-            landmarks = torch.from_numpy(
-                np.array([f.landmarks for faces in per_frame for f in faces], np.float32).reshape(-1, 68, 2))
+            timestamps = reader.timestamps[indices]
+            timed("landmarks (MediaPipe on every frame)", every_frame, frames, indices, timestamps)
+            chunk = timed(landmarks_name, keyframes.push, indices, timestamps, frames)
             count += len(indices)
-            if not len(positions):
-                continue
-            crops, crop_landmarks = timed("align (fast)", shrink_then_align, frames, landmarks, positions,
-                                          bundle.alignment)
-            timed("align (exact, as prepare)", align_in_regions, frames, landmarks, positions, bundle.alignment)
-            images = crops.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                timed("network", bundle, images, crop_landmarks)
-            timed("head pose", estimate_head_pose, landmarks)
-    landmarker.close()
+            if chunk is not None:
+                network_stages(chunk)
+        chunk = timed(landmarks_name, keyframes.finish)
+        if chunk is not None:
+            network_stages(chunk)
+    for closing in (keyframes, landmarker, every_frame, confidence):
+        closing.close()
     return {name: 1000.0 * value / count for name, value in costs.items()}
+
+
+def keyframe_landmark_error(videos: list[Path], landmarker_model: Path, steps=(2, 3, 4, 6)) -> dict[int, dict[str, float]]:
+    """Landmarks on keyframes + interpolation vs MediaPipe on every frame (both VIDEO mode, as ``track``).
+
+    Per ``landmark_every`` k: mean point distance over the 68 landmarks in % of the inter-ocular
+    distance (outer eye corners 36-45 of the per-frame landmarks, the 300-W convention), over
+    faces present in both runs (matched by box IoU > 0.3), on all frames and on the interpolated
+    frames only; plus the frames whose face count differs, and those landmarked one by one
+    because their keyframes disagreed.
+    """
+    import numpy as np
+
+    from video_fer.faces import create_landmarker
+    from video_fer.faces.keyframes import INTERPOLATED, KeyframeLandmarks, image_mode_twin
+    from video_fer.faces.types import box_iou
+    from video_fer.video import VideoReader
+
+    def run(video: Path, every: int):
+        landmarker = create_landmarker("mediapipe", model_path=str(landmarker_model), blendshapes=False,
+                                       detector_scores=False, num_faces=4)
+        keyframes = KeyframeLandmarks(landmarker, every, image_mode_twin(landmarker))
+        faces, source = [], []
+        with VideoReader(video) as reader:
+            keyframes.start_clip(str(video), reader.fps)
+            chunks = [keyframes.push(indices, reader.timestamps[indices], frames)
+                      for indices, frames in reader.iter_batches(32)] + [keyframes.finish()]
+        for chunk in chunks:
+            if chunk is not None:
+                faces += chunk.faces
+                source.append(chunk.source)
+        keyframes.close()
+        landmarker.close()
+        return faces, np.concatenate(source), keyframes.gap_filled
+
+    results = {}
+    reference = {video: run(video, 1)[0] for video in videos}
+    for every in steps:
+        errors, interpolated_errors, count_mismatch, gap_filled, frames = [], [], 0, 0, 0
+        for video in videos:
+            faces, source, filled = run(video, every)
+            gap_filled += filled
+            frames += len(faces)
+            for truth, found, how in zip(reference[video], faces, source):
+                count_mismatch += len(truth) != len(found)
+                if not truth or not found:
+                    continue
+                overlap = box_iou(np.stack([f.box for f in truth]), np.stack([f.box for f in found]))
+                for t, face in enumerate(truth):
+                    best = int(overlap[t].argmax())
+                    if overlap[t, best] <= 0.3:
+                        continue
+                    inter_ocular = np.linalg.norm(face.landmarks[36] - face.landmarks[45])
+                    error = 100.0 * np.linalg.norm(found[best].landmarks - face.landmarks, axis=1).mean() / inter_ocular
+                    errors.append(error)
+                    if how == INTERPOLATED:
+                        interpolated_errors.append(error)
+        results[every] = {"mean % IOD, all frames": float(np.mean(errors)),
+                          "mean % IOD, interpolated frames": float(np.mean(interpolated_errors)),
+                          "p95 % IOD, interpolated frames": float(np.percentile(interpolated_errors, 95)),
+                          "frames with another face count": count_mismatch, "frames landmarked in gaps": gap_filled,
+                          "frames": frames}
+    return results
 
 
 def decode_only_fps(clip: Path, batch_size: int = 32) -> tuple[float, int]:
@@ -160,19 +259,40 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--runs", type=int, default=3, help="track runs per variant (median reported)")
+    parser.add_argument("--runs", type=int, default=3, help="track runs per variant (median reported; 0 = none)")
+    parser.add_argument("--landmark-every", type=int, default=None,
+                        help="track's --landmark-every (default: track's default)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--embedding-dim", type=int, default=256)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--stream-width", type=int, default=64)
     parser.add_argument("--expression-head", default="linear", choices=("linear", "acnn"))
-    parser.add_argument("--variants", action="store_true", help="also time --no-pipeline, detector_scores=false, --exact-alignment")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time bfloat16, other --landmark-every, --no-pipeline, detector variants, "
+                             "--exact-alignment")
     parser.add_argument("--long-repeats", type=int, default=0, help="also track a long concatenated clip")
     parser.add_argument("--stages", action="store_true", help="also print the CPU cost of each stage (in process)")
+    parser.add_argument("--landmark-error", action="store_true",
+                        help="also measure the keyframe landmarks' error against MediaPipe on every frame "
+                             "(all shared videos) and exit")
     args = parser.parse_args(argv)
 
+    if args.landmark_error:
+        videos = sorted(DEFAULT_CLIP.parent.iterdir())
+        print(f"keyframe landmarks vs every frame, {len(videos)} shared videos ({', '.join(v.name for v in videos)}):")
+        for every, numbers in keyframe_landmark_error(videos, args.landmarker_model).items():
+            print(f"  --landmark-every {every}: " + ", ".join(
+                f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}" for name, value in numbers.items()))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="bench_track_"))
+    try:
+        return run_benchmarks(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # bundle, tables and the long clip
+
+
+def run_benchmarks(args, work: Path) -> int:
     bundle = work / "bundle"
     build_bundle(bundle, args)
     print(f"bundle: random weights, {args.image_size} px, width {args.width}, D {args.embedding_dim}, "
@@ -182,8 +302,16 @@ def main(argv=None) -> int:
 
     base = [sys.executable, "-m", "video_fer.cli_track", "track", "--model", str(bundle),
             "--landmarker-model", str(args.landmarker_model), "--no-progress"]
-    variants = {"default (pipelined, detector confidence every 8th frame)": []}
+    from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY
+
+    args.landmark_every = args.landmark_every or DEFAULT_LANDMARK_EVERY
+    base += ["--landmark-every", str(args.landmark_every)]
+    variants = {f"default (pipelined, landmarks every {args.landmark_every}. frame, detector confidence every 8th "
+                "frame)": []}
     if args.variants:
+        variants["--precision bfloat16"] = ["--precision", "bfloat16"]
+        variants["landmarks on every frame (--landmark-every 1)"] = ["--landmark-every", "1"]
+        variants["landmarks every 4th frame (--landmark-every 4)"] = ["--landmark-every", "4"]
         variants["--no-pipeline"] = ["--no-pipeline"]
         variants["detector on every frame (detector_scores=true)"] = ["--landmarker-option", "detector_scores=true"]
         variants["no detector (--confidence-every 0: confidence 0.5)"] = ["--confidence-every", "0"]
@@ -191,7 +319,7 @@ def main(argv=None) -> int:
 
     decode_fps, frames = decode_only_fps(args.clip)
     print(f"clip: {args.clip.name}, {frames} frames; decode only (decord, in process): {decode_fps:.0f} frames/s")
-    for name, extra in variants.items():
+    for name, extra in (variants.items() if args.runs > 0 else ()):
         timings, peaks, cpu = [], [], []
         for run in range(args.runs):
             seconds, peak, code, cpu_seconds = run_process(base + [str(args.clip), "-o", str(work / f"out_{run}.csv")] + extra)
@@ -208,10 +336,12 @@ def main(argv=None) -> int:
               f"ratio to decode-only {fps / decode_fps:.3f}; peak RSS {max(peaks):.0f} MiB; "
               f"CPU {statistics.median(cpu):.1f} s ({1000 * statistics.median(cpu) / frames:.1f} ms/frame)")
     seconds, _, _, cpu_seconds = run_process(base + [str(args.clip), "-o", str(work / "startup.csv"), "--end", "1"])
+    load = os.getloadavg()
+    print(f"load average now {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     print(f"fixed cost (same command, one frame): {seconds:.2f} s wall, {cpu_seconds:.2f} s CPU "
           "(interpreter, imports, bundle and MediaPipe loading)")
     if args.stages:
-        costs = stage_costs(args.clip, args.landmarker_model, bundle)
+        costs = stage_costs(args.clip, args.landmarker_model, bundle, args.landmark_every)
         print("CPU per frame, one thread, by stage: " + ", ".join(f"{k} {v:.2f} ms" for k, v in costs.items()))
     if args.long_repeats:
         long_clip = work / "long.mp4"

@@ -2,17 +2,23 @@
 
 Pipeline, streaming with bounded memory:
 
-    thread "landmarks":  decode a batch (decord) -> landmarker (MediaPipe VIDEO mode tracks
-                         faces between frames) -> FaceTracker (stable face ids)
+    thread "decode":     decode a batch (decord), one batch ahead
+    thread "landmarks":  landmarker on every ``landmark_every``-th frame only (MediaPipe VIDEO mode
+                         tracks faces from keyframe to keyframe), landmarks of the frames in
+                         between interpolated (:mod:`video_fer.faces.keyframes`) -> FaceTracker
+                         (stable face ids) -> confidence (MediaPipe's face detector on every 8th
+                         frame and on new faces) -> align every face (the bundle's AlignmentSpec,
+                         :mod:`video_fer.track_align`)
                               | queue of at most QUEUE_BATCHES batches
-    caller's thread:     confidence (MediaPipe's face detector on every 8th frame and on new
-                         faces) -> align every face of the batch (the bundle's AlignmentSpec)
-                         -> encoder + heads in one batched pass -> head pose -> rows -> writer
+    caller's thread:     encoder + heads in one batched pass (BatchNorms folded, channels-last,
+                         one torch thread) -> head pose -> rows -> writer
 
 The stages overlap on two cores (decord, MediaPipe and torch all release the GIL while they
-compute; decoding runs one batch ahead in its own thread). At most ``QUEUE_BATCHES + 4``
-batches of frames (192 frames at the default batch size) are alive at once, whatever the
-clip's length; rows are written as they come.
+compute). Per frame on this 2-core machine (``tools/bench_track.py --stages``): MediaPipe
+~8.5 ms on a keyframe (~2.8 ms per frame at the default ``landmark_every=3``), alignment
+~1.3 ms, the 128 px reference TAE with its heads ~5 ms, decoding ~1 ms. At most
+``QUEUE_BATCHES + 4`` batches of frames (~200 frames at the default batch size) are alive at
+once, whatever the clip's length; rows are written as they come.
 
 Table, one row per (processed frame, face), ordered by frame then ``face_id``:
 ``frame, timestamp, face_id, confidence, success, pose_Rx, pose_Ry, pose_Rz`` (radians,
@@ -37,12 +43,16 @@ import numpy as np
 import torch
 
 from video_fer.errors import ConfigError, VideoFerError
+from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY, KeyframeLandmarks, image_mode_twin
+from video_fer.startup import long_lived_allocations
+from video_fer.track_align import shrink_then_align
 
 DEFAULT_BATCH_SIZE = 32
 QUEUE_BATCHES = 2  # decoded batches waiting for the network: enough to smooth the two stages' jitter
 BASE_COLUMNS = ("frame", "timestamp", "face_id", "confidence", "success", "pose_Rx", "pose_Ry", "pose_Rz")
 INTEGER_COLUMNS = ("frame", "face_id", "success")
 FORMATS = ("csv", "parquet")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass
@@ -67,6 +77,11 @@ class TrackSettings:
             ``landmarker_options={"detector_scores": True}`` for MediaPipe's detector on every frame).
         exact_alignment: crop exactly as ``video-fer prepare`` does (Gaussian anti-aliasing at full
             resolution); default: :func:`shrink_then_align`, same geometry, ~8x cheaper at 128 px.
+        precision: ``"float32"`` (default) or ``"bfloat16"``: the network under CPU bfloat16 autocast,
+            ~2x faster on CPUs with native bfloat16 (AVX512-BF16, AMX), outputs within ~2e-3.
+        landmark_every: run the landmarker on every N-th processed frame only and interpolate the
+            landmarks of the frames in between (:mod:`video_fer.faces.keyframes`; frames between
+            keyframes that disagree on the faces are landmarked one by one); 1 = every frame.
     """
 
     every: int = 1
@@ -81,12 +96,18 @@ class TrackSettings:
     channels_last: bool = True
     exact_alignment: bool = False
     confidence_every: int = 8
+    landmark_every: int = DEFAULT_LANDMARK_EVERY
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.batch_size < 1 or self.start < 0 or self.confidence_every < 0:
-            raise ConfigError(f"track: need every >= 1, batch_size >= 1, start >= 0, confidence_every >= 0; got "
-                              f"every={self.every}, batch_size={self.batch_size}, start={self.start}, "
-                              f"confidence_every={self.confidence_every}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"track: precision={self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.every < 1 or self.batch_size < 1 or self.start < 0 or self.confidence_every < 0 \
+                or self.landmark_every < 1:
+            raise ConfigError(f"track: need every >= 1, batch_size >= 1, start >= 0, confidence_every >= 0, "
+                              f"landmark_every >= 1; got every={self.every}, batch_size={self.batch_size}, "
+                              f"start={self.start}, confidence_every={self.confidence_every}, "
+                              f"landmark_every={self.landmark_every}")
         if self.end is not None and self.end <= self.start:
             raise ConfigError(f"track: end={self.end} must be larger than start={self.start}")
 
@@ -215,6 +236,10 @@ class FaceBatch:
         frames: uint8 ``(T, H, W, 3)``.
         positions: int64 ``(F,)`` frame (0..T-1) of each face; landmarks: float32 ``(F, 68, 2)`` pixels;
         scores: float32 ``(F,)``; face_ids: int64 ``(F,)`` tracker ids.
+        crops: the aligned faces, float ``(F, 3, S, S)`` in [0, 1], and crop_landmarks ``(F, 68, 2)``
+            when stage 1 aligned them already (else None: :func:`predict_faces` aligns).
+        landmark_source: int8 ``(T,)`` keyframe / interpolated / gap-filled
+            (:mod:`video_fer.faces.keyframes`), or None.
     """
 
     frame_indices: np.ndarray
@@ -224,35 +249,59 @@ class FaceBatch:
     landmarks: np.ndarray
     scores: np.ndarray
     face_ids: np.ndarray
+    crops: torch.Tensor | None = None
+    crop_landmarks: torch.Tensor | None = None
+    landmark_source: np.ndarray | None = None
 
 
-def find_faces(reader, landmarker, settings: TrackSettings) -> Iterator[FaceBatch]:
+def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, confidence=None) -> Iterator[FaceBatch]:
     """Decode, find and track faces batch by batch (stage 1; runs in the background thread).
 
-    When pipelined, decoding runs one batch ahead in a thread of its own, so the landmarker
-    never waits for the decoder.
+    Landmarks come from keyframes (:class:`~video_fer.faces.keyframes.KeyframeLandmarks`, every
+    ``settings.landmark_every``-th frame); batches are therefore cut at keyframes and hold
+    ``batch_size +- landmark_every`` frames. With ``alignment`` (an AlignmentSpec) the faces are
+    also aligned here (:func:`align_batch`), and with ``confidence`` (:class:`SparseDetectorConfidence`)
+    scored here: with keyframes, this thread has less to do than the network's. When pipelined,
+    decoding runs one batch ahead in a thread of its own.
     """
     from video_fer.faces.tracking import FaceTracker
 
     tracker = FaceTracker(**settings.tracker_options)
-    landmarker.start_clip(str(reader.path), reader.fps)
+    keyframes = KeyframeLandmarks(landmarker, settings.landmark_every, image_mode_twin(landmarker))
+    keyframes.start_clip(str(reader.path), reader.fps)
     decoded = reader.iter_batches(settings.batch_size, settings.start, settings.end, settings.every)
     if settings.pipelined:
         decoded = run_in_background(decoded, max_waiting=1, name="video-fer-decode")
-    for indices, frames in decoded:
-        timestamps = reader.timestamps[indices]
-        per_frame = landmarker(frames, indices, timestamps)
-        positions, landmarks, scores, ids = [], [], [], []
-        for position, (frame_index, faces) in enumerate(zip(indices, per_frame)):
-            ids += tracker.update(int(frame_index), faces)
-            for face in faces:
-                positions.append(position)
-                landmarks.append(face.landmarks)
-                scores.append(face.score)
-        tracker.pop_closed_tracks()  # finished tracks are not needed again: memory stays bounded
-        yield FaceBatch(indices, timestamps, frames, np.asarray(positions, np.int64),
-                        np.asarray(landmarks, np.float32).reshape(-1, 68, 2), np.asarray(scores, np.float32),
-                        np.asarray(ids, np.int64))
+
+    def landmarked() -> Iterator:
+        for indices, frames in decoded:
+            chunk = keyframes.push(indices, reader.timestamps[indices], frames)
+            if chunk is not None:
+                yield chunk
+        chunk = keyframes.finish()
+        if chunk is not None:
+            yield chunk
+
+    try:
+        for chunk in landmarked():
+            positions, landmarks, scores, ids = [], [], [], []
+            for position, (frame_index, faces) in enumerate(zip(chunk.frame_indices, chunk.faces)):
+                ids += tracker.update(int(frame_index), faces)
+                for face in faces:
+                    positions.append(position)
+                    landmarks.append(face.landmarks)
+                    scores.append(face.score)
+            tracker.pop_closed_tracks()  # finished tracks are not needed again: memory stays bounded
+            batch = FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, np.asarray(positions, np.int64),
+                              np.asarray(landmarks, np.float32).reshape(-1, 68, 2), np.asarray(scores, np.float32),
+                              np.asarray(ids, np.int64), landmark_source=chunk.source)
+            if confidence is not None:
+                batch.scores = confidence(batch)
+            if alignment is not None:
+                batch.crops, batch.crop_landmarks = align_batch(batch, alignment, settings.exact_alignment)
+            yield batch
+    finally:
+        keyframes.close()
 
 
 class _Stop(Exception):
@@ -317,73 +366,38 @@ class FacePredictions:
     valence_arousal: np.ndarray | None = None
 
 
-def shrink_then_align(frames: torch.Tensor, landmarks: torch.Tensor, positions: torch.Tensor, spec
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fast alignment: each face's source window is first shrunk by the integer factor
-    ``k = floor(1 / scale)`` with a box (area) filter, then warped by the same similarity
-    (:func:`~video_fer.faces.alignment.align_faces`, whose Gaussian anti-aliasing then only has
-    the residual ``< 2x`` shrink left).
-
-    The Gaussian blur of the exact path (``prepare``'s :func:`align_in_regions`) runs on the
-    full-resolution window and costs ~8x more at 128 px crops of 640x360 faces; the two crops
-    differ by 1.0 grey level of 255 on average (p99 9) on WolfgangLanger_Pexels.mp4, and are
-    identical when no face needs a 2x shrink (256 px crops of such faces).
-
-    Args:
-        frames: uint8 ``(T, H, W, 3)``; landmarks: float32 ``(F, 68, 2)`` source pixels;
-        positions: int64 ``(F,)`` frame of each face.
-
-    Returns:
-        ``(crops float (F, 3, S, S) in [0, 1], crop landmarks (F, 68, 2))``.
-    """
-    import torch.nn.functional as F
-
-    from video_fer.data.prepare import crop_regions
-    from video_fer.faces.alignment import align_faces, five_points, similarity_from_points
-
-    matrices = similarity_from_points(five_points(landmarks), spec.template_pixels(), torch.tensor(spec.point_weights))
-    factors = torch.floor(1.0 / matrices[:, :, 0].norm(dim=-1)).clamp(min=1).long().tolist()
-    regions = crop_regions(spec, landmarks, frames.shape[1], frames.shape[2]).tolist()
-    windows, window_landmarks = [], []
-    for face, ((x0, y0, x1, y1), factor) in enumerate(zip(regions, factors)):
-        # One strided copy per face: windows differ in size (as in prepare.gather_regions).
-        window = frames[int(positions[face]), y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0).float()
-        if factor > 1:
-            window = F.avg_pool2d(window, factor, ceil_mode=True)
-        windows.append(window[0])
-        # pooled pixel j averages source pixels j*k .. j*k+k-1: its centre is at j*k + (k-1)/2
-        window_landmarks.append((landmarks[face] - torch.tensor([x0, y0], dtype=torch.float32) - (factor - 1) / 2)
-                                / factor)
-    height = max(window.shape[1] for window in windows)
-    width = max(window.shape[2] for window in windows)
-    stacked = torch.zeros((len(windows), 3, height, width))  # zeros: what the warp's padding samples off-frame
-    for face, window in enumerate(windows):
-        stacked[face, :, : window.shape[1], : window.shape[2]] = window
-    aligned = align_faces(stacked, torch.stack(window_landmarks), spec)
-    crops = aligned.crops.round_().clamp_(0, 255).div_(255.0)  # rounded like uint8 crops, as in training
-    return crops, aligned.landmarks
-
-
-def predict_faces(bundle, batch: FaceBatch, channels_last: bool = True, exact_alignment: bool = False
-                  ) -> FacePredictions:
-    """Align the faces of a batch with the bundle's alignment, run encoder + heads once, fit head pose."""
-    from video_fer.data.prepare import align_in_regions
-    from video_fer.head_pose import estimate_head_pose
-
+def align_batch(batch: FaceBatch, spec, exact_alignment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned faces of a batch: ``(crops float (F, 3, S, S) in [0, 1], crop landmarks (F, 68, 2))``."""
     landmarks = torch.from_numpy(batch.landmarks)
-    pose = estimate_head_pose(landmarks).numpy()
     if len(landmarks) == 0:
-        empty = np.zeros((0, 68, 2), np.float32)
-        return FacePredictions(pose, empty)
+        return torch.zeros((0, 3, spec.size, spec.size)), torch.zeros((0, 68, 2))
     positions = torch.from_numpy(batch.positions)
     if exact_alignment:
-        crops, _, crop_landmarks = align_in_regions(batch.frames, landmarks, positions, bundle.alignment)
-        images = crops.permute(0, 3, 1, 2).float().div_(255.0)
+        from video_fer.data.prepare import align_in_regions
+
+        crops, _, crop_landmarks = align_in_regions(batch.frames, landmarks, positions, spec)
+        return crops.permute(0, 3, 1, 2).float().div_(255.0), crop_landmarks
+    return shrink_then_align(batch.frames, landmarks, positions, spec)
+
+
+def predict_faces(bundle, batch: FaceBatch, channels_last: bool = True, exact_alignment: bool = False,
+                  precision: str = "float32") -> FacePredictions:
+    """Align the faces of a batch with the bundle's alignment (unless stage 1 did), run encoder +
+    heads once, fit head pose."""
+    from video_fer.head_pose import estimate_head_pose
+
+    pose = estimate_head_pose(torch.from_numpy(batch.landmarks)).numpy()
+    if len(batch.landmarks) == 0:
+        empty = np.zeros((0, 68, 2), np.float32)
+        return FacePredictions(pose, empty)
+    if batch.crops is not None:
+        images, crop_landmarks = batch.crops, batch.crop_landmarks
     else:
-        images, crop_landmarks = shrink_then_align(batch.frames, landmarks, positions, bundle.alignment)
+        images, crop_landmarks = align_batch(batch, bundle.alignment, exact_alignment)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
         output = bundle(images, crop_landmarks)
 
     def as_numpy(values):
@@ -484,28 +498,30 @@ def iter_clip_batches(path: str | os.PathLike, bundle, settings: TrackSettings, 
 
     own_landmarker = landmarker is None
     landmarker = landmarker or create_track_landmarker(settings)
-    confidence = None
-    if uses_sparse_confidence(settings):
-        confidence = SparseDetectorConfidence(getattr(landmarker, "model_path", None), settings.confidence_every)
-    reader = VideoReader(path)
-    if settings.start >= len(reader):
-        raise ConfigError(f"{path}: start={settings.start} is past the last frame ({len(reader)} frames)")
-    threads = settings.torch_threads or 1  # more intra-op threads only contend with the landmarker here
-    if settings.channels_last:  # 4-D weights in NHWC, like the inputs: the fast CPU convolution path
-        bundle.to(memory_format=torch.channels_last)
-    batches = find_faces(reader, landmarker, settings)
-    if settings.pipelined:
-        batches = run_in_background(batches)
+    confidence = reader = batches = None
     try:
+        if uses_sparse_confidence(settings):
+            confidence = SparseDetectorConfidence(getattr(landmarker, "model_path", None), settings.confidence_every)
+        reader = VideoReader(path)
+        if settings.start >= len(reader):
+            raise ConfigError(f"{path}: start={settings.start} is past the last frame ({len(reader)} frames)")
+        threads = settings.torch_threads or 1  # more intra-op threads only contend with the landmarker here
+        bundle = inference_bundle(bundle, settings)
+        # pipelined: faces are aligned and scored in the landmark thread, this thread only runs the network
+        batches = find_faces(reader, landmarker, settings, bundle.alignment if settings.pipelined else None,
+                             confidence)
+        if settings.pipelined:
+            batches = run_in_background(batches)
         with torch_threads(threads):
             for batch in batches:
-                if confidence is not None:  # in this thread: the landmark thread is the busier one
-                    batch.scores = confidence(batch)
-                predictions = predict_faces(bundle, batch, settings.channels_last, settings.exact_alignment)
+                predictions = predict_faces(bundle, batch, settings.channels_last, settings.exact_alignment,
+                                            settings.precision)
                 yield batch, predictions, batch_rows(bundle, batch, predictions)
     finally:
-        batches.close()  # stops the background threads before their reader is closed
-        reader.close()
+        if batches is not None:
+            batches.close()  # stops the background threads before their reader is closed
+        if reader is not None:
+            reader.close()
         if confidence is not None:
             confidence.close()
         if own_landmarker:
@@ -539,6 +555,13 @@ def as_table(columns: dict[str, np.ndarray]):
     return pandas.DataFrame(columns)
 
 
+def _prepared_bundle(model, settings: TrackSettings):
+    """A bundle directory or ModelBundle -> :func:`inference_bundle` (the caller's object is never changed)."""
+    from video_fer.bundle import ModelBundle
+
+    return inference_bundle(_as_bundle(model), settings, copy=isinstance(model, ModelBundle))
+
+
 def _as_bundle(model):
     from video_fer.bundle import ModelBundle, load_bundle
 
@@ -547,6 +570,27 @@ def _as_bundle(model):
     if isinstance(model, (str, os.PathLike)):
         return load_bundle(model)
     raise ConfigError(f"model: expected a bundle directory or a ModelBundle, got {type(model).__name__}")
+
+
+def inference_bundle(bundle, settings: TrackSettings, copy: bool = True):
+    """The bundle as ``track`` runs it: BatchNorms folded into their convs, weights channels-last.
+
+    A bundle is prepared once and marked (``_track_ready``). A caller's bundle is copied first
+    (``copy=True``), so ``track(path, my_bundle)`` leaves ``my_bundle`` (and its state_dict) as
+    it was; a bundle ``track`` loaded itself is prepared in place.
+    """
+    import copy as copying
+
+    from video_fer.bundle import fuse_batch_norms
+
+    if getattr(bundle, "_track_ready", None) == settings.channels_last:
+        return bundle
+    bundle = (copying.deepcopy(bundle) if copy else bundle).eval()
+    fuse_batch_norms(bundle)
+    if settings.channels_last:  # 4-D weights in NHWC, like the inputs: the fast CPU convolution path
+        bundle.to(memory_format=torch.channels_last)
+    bundle._track_ready = settings.channels_last
+    return bundle
 
 
 def track(path: str | os.PathLike, model, **settings: Any):
@@ -561,8 +605,8 @@ def track(path: str | os.PathLike, model, **settings: Any):
     Returns:
         a pandas DataFrame when pandas is installed, else a dict of numpy columns (see module doc).
     """
-    bundle = _as_bundle(model)
     options = TrackSettings(**settings)
+    bundle = _prepared_bundle(model, options)
     chunks = [rows for _, _, rows in iter_clip_batches(path, bundle, options)]
     return as_table(concatenate_columns(chunks, column_names(bundle)))
 
@@ -783,14 +827,16 @@ def track_files(inputs: Sequence[str | os.PathLike], model, out: str | os.PathLi
         raise ConfigError("--format parquet needs pyarrow (pip install pyarrow); or use --format csv")
     videos = expand_inputs(inputs)
     # MediaPipe's import and start-up (~1 s) overlap loading the bundle (torch, weights).
-    landmarker_future = _start_in_thread(create_track_landmarker, settings)
-    try:
-        bundle = _as_bundle(model)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            landmarker_future().close()
-        raise
-    landmarker = landmarker_future()
+    with long_lived_allocations():
+        landmarker_future = _start_in_thread(create_track_landmarker, settings)
+        try:
+            bundle = _prepared_bundle(model, settings)  # once for all clips
+            import video_fer.faces.tracking  # noqa: F401  (scipy, for the face tracker: imported once, here)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                landmarker_future().close()
+            raise
+        landmarker = landmarker_future()
     out_path = Path(out) if out is not None else None
     summary = TrackSummary()
     try:

@@ -23,8 +23,6 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d
-from kornia.geometry.transform import warp_affine
 
 from video_fer.errors import ConfigError, VideoFerError
 
@@ -281,6 +279,8 @@ def _antialias(source: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         ``(N, C, H, W)``: Gaussian-blurred with sigma ``(1 / scale - 1) / 2`` source pixels
         (kornia's anti-aliasing rule for resizing) where that exceeds 0.25 px; as given otherwise.
     """
+    from kornia.filters import gaussian_blur2d  # imported on use: kornia costs ~0.3-0.9 s of start-up
+
     sigma = ((1.0 / scales - 1.0) / 2.0).clamp(min=0.0)
     needs_blur = sigma > 0.25  # below this the Gaussian barely changes a pixel: skip the cost
     if not needs_blur.any():
@@ -397,6 +397,8 @@ def align_faces(images, landmarks68, spec: AlignmentSpec | None = None, frame_in
 
     used_frames, frame_slot = (None, None) if frame_index is None else torch.unique(frame_index, return_inverse=True)
     if used_frames is None or used_frames.numel() == batch:  # one face per image: a plain batched kornia warp
+        from kornia.geometry.transform import warp_affine  # imported on use, like gaussian_blur2d
+
         source = images if frame_index is None else images[frame_index]
         source = _as_float_images(source.permute(0, 3, 1, 2) if channels_last else source)
         if antialias:

@@ -139,8 +139,9 @@ class MediaPipeLandmarker:
         self._last_timestamp_ms = -1
 
     def start_clip(self, source: str | None = None, fps: float | None = None) -> None:
-        """New clip: forget tracking state and restart the timestamp clock (recreates the VIDEO task)."""
-        if self.mode == "video":
+        """New clip: forget tracking state and restart the timestamp clock (recreates the VIDEO task,
+        unless it has not seen a frame yet: a fresh task has no state to forget)."""
+        if self.mode == "video" and (self._last_timestamp_ms >= 0 or self._landmarker is None):
             self._open_tasks()
 
     def close(self) -> None:
