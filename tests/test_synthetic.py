@@ -9,6 +9,7 @@ from video_fer.data.synthetic import (
     MIRROR_68,
     action_field,
     animate_faces,
+    build_animated_cache,
     build_demo_cache,
     carry_points,
     compose_fields,
@@ -146,3 +147,18 @@ def test_build_demo_cache_writes_a_readable_cache_with_labels(tmp_path):
     assert video.stat().st_mtime_ns == written_at  # reused, not rewritten
     with pytest.raises(CacheError, match="other settings"):
         build_demo_cache(tmp_path / "demo", size=64, frames_per_track=6, tracks_per_identity=2, seed=3)
+
+
+def test_build_animated_cache_takes_any_faces_and_turns_views_per_identity(tmp_path):
+    faces = demo_faces(64, mirrored=True)  # astronaut, astronaut (mirrored), grace_hopper, grace_hopper (mirrored)
+    names = ["a", "a", "b", "b"]
+    cache = build_animated_cache(tmp_path / "faces", faces.crops, faces.landmarks, names, frames_per_track=4,
+                                 tracks_per_identity=3, seed=1, settings={"faces": "demo"})
+    assert sorted(t.identity for t in cache.tracks) == ["a"] * 3 + ["b"] * 3
+    first = cache.read_frames("a__t0000", [0]).float()
+    second = cache.read_frames("a__t0001", [0]).float()  # the next track animates the mirrored view
+    mirrored_first = cache.read_frames("a__t0000", [0]).float().flip(2)
+    assert (second - mirrored_first).abs().mean() < (second - first).abs().mean()
+    with pytest.raises(CacheError, match="other settings"):
+        build_animated_cache(tmp_path / "faces", faces.crops, faces.landmarks, names, frames_per_track=4,
+                             tracks_per_identity=3, seed=1, settings={"faces": "other"})
