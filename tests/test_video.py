@@ -179,3 +179,19 @@ def test_h264_in_avi_without_frame_times_reads_the_right_frames(tmp_path):
     np.testing.assert_allclose(reader.timestamps, np.arange(30) / 25.0)
     wanted = [29, 5, 17, 0, 17]
     assert _nearest_reference(frames, reader.get(wanted)) == wanted
+
+
+def test_streaming_reopens_the_decoder_at_keyframes_and_keeps_every_frame(shared_videos, monkeypatch):
+    """iter_batches opens a fresh decoder (bounding decord's read-ahead) without changing a single frame."""
+    reader = VideoReader(shared_videos / "WolfgangLanger_Pexels.mp4")  # keyframes every 72 frames
+    opened = []
+    fresh_decoder = reader._open_decoder
+    monkeypatch.setattr(reader, "_open_decoder", lambda: opened.append(1) or fresh_decoder())
+    streamed = list(reader.iter_batches(batch_size=32, start=200, end=472))
+    assert len(opened) == 0  # nothing to reopen yet within the first 256 frames after the start
+    streamed += list(reader.iter_batches(batch_size=32))
+    assert len(opened) == 1  # at frame 288, the first keyframe 256 frames after the start
+    indices = np.concatenate([i for i, _ in streamed])
+    frames = torch.cat([f for _, f in streamed])
+    for chunk in np.array_split(np.arange(len(indices)), 8):
+        assert torch.equal(frames[chunk], VideoReader(shared_videos / "WolfgangLanger_Pexels.mp4").get(indices[chunk]))

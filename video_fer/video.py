@@ -21,6 +21,7 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
 )
 
 _DECORD_MESSAGE_CHARS = 240  # decord errors carry a C++ stack trace; keep the useful head only
+_REOPEN_AFTER_FRAMES = 256  # iter_batches opens a fresh decoder at the first keyframe after this many frames
 _FORWARD_CHUNK = 32  # frames decoded per step when a file must be read forward (bounded memory)
 
 
@@ -77,8 +78,10 @@ class VideoReader:
         self.path = Path(path)
         _check_path(self.path)
         try:
-            self._reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
+            self._num_threads = num_threads
+            self._reader = self._open_decoder()
             num_frames = len(self._reader)
+            self._keyframes = np.asarray(self._reader.get_key_indices(), dtype=np.int64)
             start_end = np.asarray(self._reader.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
             fps = float(self._reader.get_avg_fps())
         except (RuntimeError, AssertionError, decord.DECORDError) as error:
@@ -115,6 +118,11 @@ class VideoReader:
         probe = [0] if self._forward_only else [0, self.num_frames - 1]
         probe_frames = self._decode(np.array(probe))
         self.height, self.width = int(probe_frames.shape[1]), int(probe_frames.shape[2])
+
+    def _open_decoder(self):
+        import decord
+
+        return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self._num_threads)
 
     def _fps_from_timestamps(self) -> float:
         """Frame rate from the median frame spacing (for containers that report no rate)."""
@@ -202,8 +210,17 @@ class VideoReader:
         if start < 0 or start > self.num_frames:
             raise IndexError(f"{self.path}: start={start} out of range [0, {self.num_frames}]")
         all_indices = np.arange(start, end, step, dtype=np.int64)
+        opened_at = start
         for first in range(0, all_indices.size, batch_size):
             batch_indices = all_indices[first:first + batch_size]
+            # decord decodes ahead in a thread of its own, without bound, while the caller is busy with a
+            # batch: a slow consumer (landmarks, a network) would end up holding the rest of the clip. A
+            # fresh decoder opened at a keyframe starts with an empty queue and costs no extra decoding.
+            passed = self._keyframes[(self._keyframes >= opened_at + _REOPEN_AFTER_FRAMES)
+                                     & (self._keyframes <= batch_indices[0])]
+            if passed.size and not self._forward_only and self._reader is not None:
+                self._reader = self._open_decoder()
+                opened_at = int(batch_indices[0])
             yield batch_indices, self._decode(batch_indices)
 
     def close(self) -> None:
