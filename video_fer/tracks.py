@@ -831,7 +831,7 @@ def track_files(inputs: Sequence[str | os.PathLike], model, out: str | os.PathLi
         landmarker_future = _start_in_thread(create_track_landmarker, settings)
         try:
             bundle = _prepared_bundle(model, settings)  # once for all clips
-            import video_fer.faces.tracking  # noqa: F401  (scipy, for the face tracker: imported once, here)
+            import scipy.optimize  # noqa: F401  (the face tracker assigns with it: imported once, here)
         except BaseException:
             with contextlib.suppress(Exception):
                 landmarker_future().close()
