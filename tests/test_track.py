@@ -1,15 +1,17 @@
 """`video-fer track`: row counts on every shared video, columns and ranges, batching, options, batch mode, pose."""
+import gc
 import shutil
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from video_fer.bundle import random_bundle, save_bundle
+from video_fer.bundle import load_bundle, random_bundle, save_bundle
 from video_fer.cli_track import main as cli_main
 from video_fer.head_pose import MEAN_FACE_68_MM, MIRROR_68, estimate_head_pose, project_mean_face
-from video_fer.tracks import (BASE_COLUMNS, FaceBatch, FacePredictions, TrackSettings, batch_rows, column_names,
-                              read_table, track)
+from video_fer.tracks import (BASE_COLUMNS, QUEUE_BATCHES, FaceBatch, FacePredictions, TrackSettings, batch_rows,
+                              column_names, iter_clip_batches, read_table, track)
 from video_fer.video import VideoReader
 
 TINY = dict(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8)
@@ -283,3 +285,31 @@ def test_fast_alignment_matches_the_prepare_crops(shared_videos, mediapipe_model
         difference = (fast * 255 - exact.permute(0, 3, 1, 2).float()).abs()
         assert difference.mean() < tolerance, (size, float(difference.mean()))
         torch.testing.assert_close(fast_landmarks, exact_landmarks, atol=0.05, rtol=0)  # same geometry
+
+
+def _frames_alive(height: int, width: int) -> int:
+    """Decoded frames the process holds in torch tensors of shape (..., height, width, 3), views counted once."""
+    storages = {}
+    for obj in gc.get_objects():
+        if (type(obj) is torch.Tensor and obj.dtype == torch.uint8 and obj.dim() >= 3
+                and tuple(obj.shape[-3:]) == (height, width, 3)):
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+    return sum(storages.values()) // (height * width * 3)
+
+
+def test_a_slow_network_stage_holds_a_bounded_number_of_frames(shared_videos, mediapipe_model, bundle_dir):
+    """However slow the consumer, decoding and landmarking wait instead of piling up frames.
+
+    This counts the frames the pipeline's queues and stages hold as tensors; what a decoder might
+    buffer natively is measured by ``tools/bench_track.py --long-repeats``.
+    """
+    settings = TrackSettings(batch_size=8, end=160, landmarker_options={"model_path": str(mediapipe_model)})
+    bound = (QUEUE_BATCHES + 4) * (settings.batch_size + settings.landmark_every)  # the module's documented bound
+    alive, rows = [], 0
+    for batch, _, columns in iter_clip_batches(shared_videos / "WolfgangLanger_Pexels.mp4", load_bundle(bundle_dir),
+                                                  settings):
+        time.sleep(0.05)  # a slow network: the background stages run ahead as far as they can
+        alive.append(_frames_alive(360, 640))
+        rows += len(columns["frame"])
+    assert rows == 160
+    assert settings.batch_size <= max(alive) <= bound, alive

@@ -1,4 +1,5 @@
 """VideoReader on the real shared videos and on broken inputs built in the test."""
+import itertools
 from pathlib import Path
 
 import av
@@ -22,6 +23,22 @@ def _nearest_reference(reference: np.ndarray, frames: torch.Tensor) -> list[int]
     frames_small = frames[:, ::8, ::8].float()
     distances = (frames_small[:, None] - reference_small[None]).abs().mean(dim=(2, 3, 4))
     return distances.argmin(dim=1).tolist()
+
+
+def _write_blocky_avi(path: Path) -> np.ndarray:
+    """30 distinct blocky 64x64 frames as x264 with B-frames in AVI (no presentation times) -> the frames."""
+    rng = np.random.default_rng(0)
+    patterns = rng.integers(0, 256, size=(30, 4, 4, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(patterns, 16, axis=1), 16, axis=2)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return frames
 
 
 @pytest.mark.parametrize(
@@ -163,17 +180,7 @@ def test_frames_do_not_depend_on_decord_bridge(shared_videos):
 def test_h264_in_avi_without_frame_times_reads_the_right_frames(tmp_path):
     """x264 with B-frames in AVI has no presentation times; decord's seeks go wrong there."""
     path = tmp_path / "clip.avi"
-    rng = np.random.default_rng(0)
-    patterns = rng.integers(0, 256, size=(30, 4, 4, 3), dtype=np.uint8)
-    frames = np.repeat(np.repeat(patterns, 16, axis=1), 16, axis=2)  # (30, 64, 64, 3) blocky, distinct
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    frames = _write_blocky_avi(path)
     reader = VideoReader(path)
     assert len(reader) == 30
     np.testing.assert_allclose(reader.timestamps, np.arange(30) / 25.0)
@@ -181,17 +188,48 @@ def test_h264_in_avi_without_frame_times_reads_the_right_frames(tmp_path):
     assert _nearest_reference(frames, reader.get(wanted)) == wanted
 
 
-def test_streaming_reopens_the_decoder_at_keyframes_and_keeps_every_frame(shared_videos, monkeypatch):
-    """iter_batches opens a fresh decoder (bounding decord's read-ahead) without changing a single frame."""
+@pytest.mark.parametrize("start", [0, 200, 471])
+def test_streaming_from_any_start_gives_the_frames_random_access_gives(shared_videos, start):
+    """iter_batches decodes with PyAV after a seek to the keyframe before ``start``; get() uses decord."""
     reader = VideoReader(shared_videos / "WolfgangLanger_Pexels.mp4")  # keyframes every 72 frames
-    opened = []
-    fresh_decoder = reader._open_decoder
-    monkeypatch.setattr(reader, "_open_decoder", lambda: opened.append(1) or fresh_decoder())
-    streamed = list(reader.iter_batches(batch_size=32, start=200, end=472))
-    assert len(opened) == 0  # nothing to reopen yet within the first 256 frames after the start
-    streamed += list(reader.iter_batches(batch_size=32))
-    assert len(opened) == 1  # at frame 288, the first keyframe 256 frames after the start
+    streamed = list(reader.iter_batches(batch_size=32, start=start, step=3))
     indices = np.concatenate([i for i, _ in streamed])
+    np.testing.assert_array_equal(indices, np.arange(start, 472, 3))
     frames = torch.cat([f for _, f in streamed])
-    for chunk in np.array_split(np.arange(len(indices)), 8):
-        assert torch.equal(frames[chunk], VideoReader(shared_videos / "WolfgangLanger_Pexels.mp4").get(indices[chunk]))
+    for chunk in np.array_split(np.arange(len(indices)), 4):
+        assert torch.equal(frames[chunk], reader.get(indices[chunk]))
+
+
+def test_streaming_counts_from_the_first_frame_when_frame_times_do_not_match(shared_videos):
+    reader = VideoReader(shared_videos / "single_face.mp4")
+    expected = reader.get(np.arange(40, 50))
+    reader._stream_starts = reader._stream_starts + 1000.0  # a container whose times cannot be looked up
+    (indices, frames), = reader.iter_batches(batch_size=16, start=40, end=50)
+    np.testing.assert_array_equal(indices, np.arange(40, 50))
+    assert torch.equal(frames, expected)
+
+
+def test_streaming_h264_in_avi_without_frame_times(tmp_path):
+    path = tmp_path / "clip.avi"
+    frames = _write_blocky_avi(path)
+    reader = VideoReader(path)
+    indices, streamed = zip(*reader.iter_batches(batch_size=8, start=3, step=2))
+    np.testing.assert_array_equal(np.concatenate(indices), np.arange(3, 30, 2))
+    assert _nearest_reference(frames, torch.cat(streamed)) == list(range(3, 30, 2))
+
+
+def test_streaming_a_closed_reader_says_so(shared_videos):
+    reader = VideoReader(shared_videos / "single_face.mp4")
+    reader.close()
+    with pytest.raises(VideoReadError, match="was closed"):
+        next(reader.iter_batches(8))
+
+
+def test_streaming_that_ends_early_names_the_file_and_the_last_frame(shared_videos, monkeypatch):
+    reader = VideoReader(shared_videos / "single_face.mp4")
+    full_stream = reader._stream
+    monkeypatch.setattr(reader, "_stream", lambda start, end: itertools.islice(full_stream(start, end), 10))
+    batches = reader.iter_batches(batch_size=4)
+    assert [len(indices) for indices, _ in itertools.islice(batches, 3)] == [4, 4, 2]  # what was decoded is given
+    with pytest.raises(VideoReadError, match=r"single_face\.mp4: the stream ended after frame 9 .* lists 72 frames"):
+        next(batches)

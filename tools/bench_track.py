@@ -3,7 +3,7 @@
 Every track run is a whole process (``python -m video_fer.cli_track track CLIP --model BUNDLE``:
 interpreter start, imports, model loading, MediaPipe start-up, tracking, writing the CSV, exit),
 timed from outside; its peak resident memory and CPU time come from ``os.wait4``. Decode-only
-speed (decord, the same clip, every frame, the reader ``track`` uses) is measured in the same
+speed (the same clip, every frame, through the reader ``track`` uses) is measured in the same
 run, so the ratio compares like with like on however busy the machine is at that moment; the
 load average is printed before and after (wall-clock fps on a loaded 2-core machine mostly
 measures the other processes: the CPU seconds per frame are the steadier figure).
@@ -13,8 +13,9 @@ weights): a TAE encoder (``--width``, ``--image-size``, K attention streams), th
 AU probe (12 BP4D AUs), an expression head (``--expression-head``) and the two-level attention
 VA head.
 
-``--long-repeats N`` also writes a long clip (all shared videos, resized to 640x360, repeated N
-times) and tracks it, to show that peak memory does not grow with the clip's length.
+``--long-repeats N [N ...]`` also writes long clips (all shared videos, resized to 640x360,
+repeated N times; 88 is about an hour) and tracks each, sampling the process's resident memory:
+peak memory must not grow with the clip's length.
 ``--landmark-error`` measures what landmarks on keyframes cost in accuracy (see
 :func:`keyframe_landmark_error`).
 
@@ -23,7 +24,7 @@ times) and tracks it, to show that peak memory does not grow with the clip's len
     python tools/bench_track.py --variants              # also: bfloat16, landmarks on every frame, no pipelining ...
     python tools/bench_track.py --runs 0 --stages       # CPU cost of each stage, in process
     python tools/bench_track.py --landmark-error        # keyframe landmarks vs every frame, shared videos
-    python tools/bench_track.py --long-repeats 6
+    python tools/bench_track.py --runs 0 --long-repeats 1 12 88   # memory over a 41 s, an 8 min and an hour clip
 """
 from __future__ import annotations
 
@@ -222,7 +223,11 @@ def build_bundle(directory: Path, args) -> None:
 
 
 def write_long_clip(path: Path, repeats: int) -> int:
-    """All shared videos at 640x360 (the 960x540 ones resized), repeated; returns the frame count."""
+    """All shared videos at 640x360 (the 960x540 ones resized), repeated; returns the frame count.
+
+    The videos are encoded once (x264, a keyframe at the start of each pass) and the packets of
+    that pass are then copied ``repeats`` times with shifted times, so an hour-long clip is cheap.
+    """
     from fractions import Fraction
 
     import av
@@ -231,14 +236,13 @@ def write_long_clip(path: Path, repeats: int) -> int:
 
     from video_fer.video import VideoReader
 
-    videos = sorted(DEFAULT_CLIP.parent.iterdir())
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("libx264", rate=Fraction(24))
-    stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
-    stream.options = {"crf": "23", "preset": "veryfast"}
-    count = 0
-    for _ in range(repeats):
-        for video in videos:
+    one_pass = path.with_name(path.stem + "_once.mp4")
+    with av.open(str(one_pass), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        count = 0
+        for video in sorted(DEFAULT_CLIP.parent.iterdir()):
             with VideoReader(video) as reader:
                 for _, frames in reader.iter_batches(32):
                     if frames.shape[1:3] != (360, 640):
@@ -246,13 +250,53 @@ def write_long_clip(path: Path, repeats: int) -> int:
                                                antialias=True, align_corners=False)
                         frames = frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
                     for frame in frames.numpy():
-                        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                            container.mux(packet)
+                        container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
                         count += 1
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return count
+        container.mux(stream.encode())
+    with av.open(str(one_pass)) as source, av.open(str(path), mode="w") as target:
+        source_stream = source.streams.video[0]
+        stream = target.add_stream_from_template(source_stream)
+        pass_duration = count * int(round(1 / (24 * source_stream.time_base)))  # in time-base units
+        for repeat in range(repeats):
+            source.seek(0, stream=source_stream)
+            for packet in source.demux(source_stream):
+                if packet.dts is None:  # the demuxer's final empty packet
+                    continue
+                packet.pts += repeat * pass_duration
+                packet.dts += repeat * pass_duration
+                packet.stream = stream
+                target.mux(packet)
+    one_pass.unlink()
+    return count * repeats
+
+
+def memory_trace(command: list[str], interval: float = 0.5) -> tuple[float, int, list[tuple[float, float]]]:
+    """Run a command, sampling its resident memory; ``(wall seconds, exit code, [(seconds, RSS MiB)])``."""
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    samples = []
+    while process.poll() is None:
+        try:
+            pages = int(Path(f"/proc/{process.pid}/statm").read_text().split()[1])
+            samples.append((time.perf_counter() - started, pages * os.sysconf("SC_PAGE_SIZE") / 2**20))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            break
+        time.sleep(interval)
+    process.wait()
+    return time.perf_counter() - started, process.returncode, samples
+
+
+def print_memory_over_time(samples: list[tuple[float, float]], parts: int = 10) -> None:
+    """Peak RSS in each tenth of the run: a flat row means memory does not grow with the clip."""
+    if not samples:
+        return
+    seconds = samples[-1][0]
+    peaks = [max((mib for t, mib in samples if k * seconds / parts <= t <= (k + 1) * seconds / parts), default=0.0)
+             for k in range(parts)]
+    print(f"  peak RSS per tenth of the run (MiB): {' '.join(f'{p:.0f}' for p in peaks)}")
+    later = max(peaks[1:]) if parts > 1 else peaks[0]
+    print(f"  peak after the first tenth / peak in the first tenth: {later / max(peaks[0], 1e-9):.2f}")
 
 
 def main(argv=None) -> int:
@@ -271,7 +315,9 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", action="store_true",
                         help="also time bfloat16, other --landmark-every, --no-pipeline, detector variants, "
                              "--exact-alignment")
-    parser.add_argument("--long-repeats", type=int, default=0, help="also track a long concatenated clip")
+    parser.add_argument("--long-repeats", type=int, nargs="*", default=[],
+                        help="also track long clips: the shared videos (977 frames) concatenated N times, "
+                             "one clip per N given (88 is about an hour at 24 fps)")
     parser.add_argument("--stages", action="store_true", help="also print the CPU cost of each stage (in process)")
     parser.add_argument("--landmark-error", action="store_true",
                         help="also measure the keyframe landmarks' error against MediaPipe on every frame "
@@ -318,7 +364,7 @@ def run_benchmarks(args, work: Path) -> int:
         variants["--exact-alignment"] = ["--exact-alignment"]
 
     decode_fps, frames = decode_only_fps(args.clip)
-    print(f"clip: {args.clip.name}, {frames} frames; decode only (decord, in process): {decode_fps:.0f} frames/s")
+    print(f"clip: {args.clip.name}, {frames} frames; decode only (VideoReader.iter_batches, in process): {decode_fps:.0f} frames/s")
     for name, extra in (variants.items() if args.runs > 0 else ()):
         timings, peaks, cpu = [], [], []
         for run in range(args.runs):
@@ -343,12 +389,16 @@ def run_benchmarks(args, work: Path) -> int:
     if args.stages:
         costs = stage_costs(args.clip, args.landmarker_model, bundle, args.landmark_every)
         print("CPU per frame, one thread, by stage: " + ", ".join(f"{k} {v:.2f} ms" for k, v in costs.items()))
-    if args.long_repeats:
+    for repeats in args.long_repeats:
         long_clip = work / "long.mp4"
-        long_frames = write_long_clip(long_clip, args.long_repeats)
-        seconds, peak, code, _ = run_process(base + [str(long_clip), "-o", str(work / "long.csv")])
-        print(f"long clip: {long_frames} frames ({long_frames / 24 / 60:.1f} min at 24 fps): {seconds:.1f} s, "
-              f"{long_frames / seconds:.1f} frames/s, peak RSS {peak:.0f} MiB, exit {code}")
+        long_frames = write_long_clip(long_clip, repeats)
+        seconds, code, samples = memory_trace(base + [str(long_clip), "-o", str(work / "long.csv")])
+        peak = max((mib for _, mib in samples), default=float("nan"))
+        print(f"long clip, shared videos x{repeats}: {long_frames} frames ({long_frames / 24 / 60:.1f} min at 24 fps): "
+              f"{seconds:.1f} s, {long_frames / seconds:.1f} frames/s, peak RSS {peak:.0f} MiB (sampled every 0.5 s), "
+              f"exit {code}")
+        print_memory_over_time(samples)
+        long_clip.unlink()
     return 0
 
 

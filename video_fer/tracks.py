@@ -2,7 +2,7 @@
 
 Pipeline, streaming with bounded memory:
 
-    thread "decode":     decode a batch (decord), one batch ahead
+    thread "decode":     decode a batch (PyAV, sequential and synchronous), one batch ahead
     thread "landmarks":  landmarker on every ``landmark_every``-th frame only (MediaPipe VIDEO mode
                          tracks faces from keyframe to keyframe), landmarks of the frames in
                          between interpolated (:mod:`video_fer.faces.keyframes`) -> FaceTracker
@@ -13,7 +13,7 @@ Pipeline, streaming with bounded memory:
     caller's thread:     encoder + heads in one batched pass (BatchNorms folded, channels-last,
                          one torch thread) -> head pose -> rows -> writer
 
-The stages overlap on two cores (decord, MediaPipe and torch all release the GIL while they
+The stages overlap on two cores (PyAV, MediaPipe and torch all release the GIL while they
 compute). Per frame on this 2-core machine (``tools/bench_track.py --stages``): MediaPipe
 ~8.5 ms on a keyframe (~2.8 ms per frame at the default ``landmark_every=3``), alignment
 ~1.3 ms, the 128 px reference TAE with its heads ~5 ms, decoding ~1 ms. At most

@@ -1,4 +1,8 @@
-"""Reading video with decord: frame count, fps, per-frame timestamps, batched random access.
+"""Reading video: frame count, fps, per-frame timestamps, batched random access, streaming.
+
+decord gives the metadata and random access; streaming (:meth:`VideoReader.iter_batches`) decodes
+sequentially with PyAV (the same ffmpeg, pixel-identical RGB), because decord decodes ahead in a
+thread of its own without bound while a slow caller (landmarks, a network) is busy with a batch.
 
 Every problem with the input (missing, empty, a directory, not a video, truncated or
 corrupt data) is raised as :class:`~video_fer.errors.VideoReadError` naming the file.
@@ -6,29 +10,32 @@ Decoded frames are ``torch.uint8`` tensors ``(T, H, W, 3)`` in RGB.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from video_fer.errors import VideoReadError
 
+if TYPE_CHECKING:
+    import av
+
 # Suffixes `prepare` treats as videos when it scans a folder (lower case, with the dot).
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
 )
 
-_DECORD_MESSAGE_CHARS = 240  # decord errors carry a C++ stack trace; keep the useful head only
-_REOPEN_AFTER_FRAMES = 256  # iter_batches opens a fresh decoder at the first keyframe after this many frames
+_ERROR_MESSAGE_CHARS = 240  # decoder errors can carry a C++ stack trace; keep the useful head only
 _FORWARD_CHUNK = 32  # frames decoded per step when a file must be read forward (bounded memory)
 
 
-def _short_decord_message(error: BaseException) -> str:
-    """First line of a decord/ffmpeg error, trimmed (the rest is a C++ trace)."""
+def _short_error_message(error: BaseException) -> str:
+    """First line of a decord/PyAV error, trimmed (decord appends a C++ trace)."""
     text = " ".join(str(error).split()) or type(error).__name__
-    return text[:_DECORD_MESSAGE_CHARS]
+    return text[:_ERROR_MESSAGE_CHARS]
 
 
 def _frames_to_tensor(frames) -> torch.Tensor:
@@ -53,7 +60,7 @@ def _check_path(path: Path) -> None:
 
 
 class VideoReader:
-    """Random access to the frames of one video file (decord, CPU).
+    """The frames of one video file: random access (decord) and streaming (PyAV), CPU.
 
     Attributes:
         path: the video file.
@@ -69,7 +76,8 @@ class VideoReader:
     Files whose edit list hides leading frames (decord reports negative start times) count only
     the displayed frames, and streams without frame times (H.264 with B-frames in AVI) take
     their times from the frame rate; decord's seeks are wrong on both, so they are decoded by
-    reading forward, and random access on them costs a read from the start.
+    reading forward, and random access on them costs a read from the start. Streaming
+    (:meth:`iter_batches`) numbers PyAV's frames the same way and gives the same pixels.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 0):
@@ -78,15 +86,13 @@ class VideoReader:
         self.path = Path(path)
         _check_path(self.path)
         try:
-            self._num_threads = num_threads
-            self._reader = self._open_decoder()
+            self._reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
             num_frames = len(self._reader)
-            self._keyframes = np.asarray(self._reader.get_key_indices(), dtype=np.int64)
             start_end = np.asarray(self._reader.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
             fps = float(self._reader.get_avg_fps())
         except (RuntimeError, AssertionError, decord.DECORDError) as error:
             raise VideoReadError(
-                f"{self.path}: not a readable video (decord: {_short_decord_message(error)}); "
+                f"{self.path}: not a readable video (decord: {_short_error_message(error)}); "
                 "check that the file is complete and is a video ffmpeg can decode"
             ) from error
         if num_frames <= 0:
@@ -104,8 +110,10 @@ class VideoReader:
         self.num_frames = int(num_frames) - hidden
         if self.num_frames <= 0:
             raise VideoReadError(f"{self.path}: every frame is hidden by the container's edit list")
+        self._stream_starts = None  # container times (s) of the displayed frames: where streaming seeks to
         if has_timestamps:
             displayed_starts = start_end[hidden:, 0]
+            self._stream_starts = displayed_starts
             self.timestamps = displayed_starts - displayed_starts[0]
             self.fps = fps if np.isfinite(fps) and fps > 0 else self._fps_from_timestamps()
         else:
@@ -118,11 +126,6 @@ class VideoReader:
         probe = [0] if self._forward_only else [0, self.num_frames - 1]
         probe_frames = self._decode(np.array(probe))
         self.height, self.width = int(probe_frames.shape[1]), int(probe_frames.shape[2])
-
-    def _open_decoder(self):
-        import decord
-
-        return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self._num_threads)
 
     def _fps_from_timestamps(self) -> float:
         """Frame rate from the median frame spacing (for containers that report no rate)."""
@@ -166,7 +169,7 @@ class VideoReader:
         except (RuntimeError, decord.DECORDError) as error:
             shown = indices[:5].tolist() + (["..."] if indices.size > 5 else [])
             raise VideoReadError(
-                f"{self.path}: cannot decode frames {shown} (decord: {_short_decord_message(error)}); "
+                f"{self.path}: cannot decode frames {shown} (decord: {_short_error_message(error)}); "
                 "the file is probably truncated or corrupt: re-copy or re-encode it"
             ) from error
 
@@ -201,6 +204,9 @@ class VideoReader:
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Walk frames ``start, start+step, ... < end`` in batches; memory stays at one batch.
 
+        Frames are decoded sequentially and synchronously (PyAV): nothing is decoded before it is
+        asked for, however slow the caller. Frames between ``step``-th ones are decoded but not converted.
+
         Yields:
             ``(indices int64 (T,), frames uint8 (T, H, W, 3))`` with ``T <= batch_size``.
         """
@@ -209,19 +215,70 @@ class VideoReader:
         end = self.num_frames if end is None else min(int(end), self.num_frames)
         if start < 0 or start > self.num_frames:
             raise IndexError(f"{self.path}: start={start} out of range [0, {self.num_frames}]")
-        all_indices = np.arange(start, end, step, dtype=np.int64)
-        opened_at = start
-        for first in range(0, all_indices.size, batch_size):
-            batch_indices = all_indices[first:first + batch_size]
-            # decord decodes ahead in a thread of its own, without bound, while the caller is busy with a
-            # batch: a slow consumer (landmarks, a network) would end up holding the rest of the clip. A
-            # fresh decoder opened at a keyframe starts with an empty queue and costs no extra decoding.
-            passed = self._keyframes[(self._keyframes >= opened_at + _REOPEN_AFTER_FRAMES)
-                                     & (self._keyframes <= batch_indices[0])]
-            if passed.size and not self._forward_only and self._reader is not None:
-                self._reader = self._open_decoder()
-                opened_at = int(batch_indices[0])
-            yield batch_indices, self._decode(batch_indices)
+        wanted = np.arange(start, end, step, dtype=np.int64)
+        if self._reader is None:
+            raise VideoReadError(f"{self.path}: this VideoReader was closed; open the file again")
+        if wanted.size == 0:
+            return
+        delivered = 0
+        pending: list[np.ndarray] = []
+        for index, frame in self._stream(start, end):
+            if (index - start) % step:
+                continue
+            pending.append(frame.to_ndarray(format="rgb24"))
+            if len(pending) == batch_size:
+                yield wanted[delivered:delivered + batch_size], torch.from_numpy(np.stack(pending))
+                delivered, pending = delivered + batch_size, []
+        if pending:
+            yield wanted[delivered:delivered + len(pending)], torch.from_numpy(np.stack(pending))
+            delivered += len(pending)
+        if delivered < wanted.size:
+            raise VideoReadError(
+                f"{self.path}: the stream ended after frame {wanted[delivered - 1] if delivered else start - 1} "
+                f"although the container lists {self.num_frames} frames; the file is probably truncated: "
+                "re-copy or re-encode it")
+
+    def _stream(self, start: int, end: int) -> Iterator[tuple[int, "av.VideoFrame"]]:
+        """``(index, av.VideoFrame)`` for frames ``start .. end - 1`` in order, decoded with PyAV.
+
+        Seeks to the keyframe before ``start`` and numbers frames from the first one's time; files
+        decord cannot seek in (edit lists, no frame times), or whose times do not match, are read
+        from the first frame and counted (PyAV honours edit lists, so it counts displayed frames).
+        """
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"  # frame threads: a few frames in flight, no unbounded queue
+                index, frames = self._first_frame_at_or_before(container, stream, start)
+                for frame in frames:
+                    if index >= end:
+                        return
+                    if index >= start:
+                        yield index, frame
+                    index += 1
+        except av.error.FFmpegError as error:
+            raise VideoReadError(
+                f"{self.path}: cannot decode the stream (PyAV: {_short_error_message(error)}); "
+                "the file is probably truncated or corrupt: re-copy or re-encode it"
+            ) from error
+
+    def _first_frame_at_or_before(self, container, stream, start: int):
+        """-> ``(index of the next decoded frame, frame iterator)``, positioned at or before ``start``."""
+        if start == 0 or self._forward_only or stream.time_base is None:
+            return 0, container.decode(stream)
+        container.seek(int(self._stream_starts[start] / stream.time_base), backward=True, any_frame=False,
+                       stream=stream)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is not None and first.time is not None:
+            index = int(np.abs(self._stream_starts - first.time).argmin())
+            tolerance = 0.5 / self.fps
+            if abs(self._stream_starts[index] - first.time) < tolerance and index <= start:
+                return index, itertools.chain([first], frames)
+        container.seek(0, backward=True, any_frame=False, stream=stream)  # times unusable: count from frame 0
+        return 0, container.decode(stream)
 
     def close(self) -> None:
         """Release the decoder (also done when the reader is garbage-collected)."""
