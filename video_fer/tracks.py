@@ -21,7 +21,7 @@ compute). Per frame on this 2-core machine (``tools/bench_track.py --stages``): 
 once, whatever the clip's length; rows are written as they come. The process's resident memory
 levels off (~1.1 GB on a 472-frame clip, ~2 GB over an hour with the reference bundle: glibc
 keeps freed network and landmarker buffers); ``MALLOC_MMAP_THRESHOLD_=131072`` in the
-environment keeps it under ~1 GB, at the cost of ~40 % longer runs.
+environment kept it under 1 GB on an 8-minute clip, at the cost of ~40 % longer runs.
 
 Table, one row per (processed frame, face), ordered by frame then ``face_id``:
 ``frame, timestamp, face_id, confidence, success, pose_Rx, pose_Ry, pose_Rz`` (radians,
