@@ -295,8 +295,9 @@ def print_memory_over_time(samples: list[tuple[float, float]], parts: int = 10) 
     peaks = [max((mib for t, mib in samples if k * seconds / parts <= t <= (k + 1) * seconds / parts), default=0.0)
              for k in range(parts)]
     print(f"  peak RSS per tenth of the run (MiB): {' '.join(f'{p:.0f}' for p in peaks)}")
-    later = max(peaks[1:]) if parts > 1 else peaks[0]
-    print(f"  peak after the first tenth / peak in the first tenth: {later / max(peaks[0], 1e-9):.2f}")
+    half = parts // 2
+    print(f"  peak in the second half / peak in the first half: {max(peaks[half:]) / max(max(peaks[:half]), 1e-9):.2f}"
+          " (1.00 = no growth)")
 
 
 def main(argv=None) -> int:
