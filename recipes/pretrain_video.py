@@ -40,7 +40,8 @@ from video_fer.data.pairs import FacePairSampler, split_by_identity  # noqa: E40
 from video_fer.data.pretrain_dataset import pair_loader  # noqa: E402
 from video_fer.data.synthetic import build_demo_cache  # noqa: E402
 from video_fer.errors import ConfigError  # noqa: E402
-from video_fer.losses import HardSampleCurriculum, TAELossWeights, reduce_terms, tae_loss_terms, weighted_total  # noqa: E402
+from video_fer.losses import (HardSampleCurriculum, TAELossWeights, consistency_ramp, ramped_weights,  # noqa: E402
+                              reduce_terms, tae_loss_terms, weighted_total)
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder  # noqa: E402
 from video_fer.training import (  # noqa: E402
     CsvLog,
@@ -249,7 +250,9 @@ def main(argv=None) -> int:
                     with accelerator.autocast():
                         output = model(source, target)
                         terms = tae_loss_terms(output, source, target)
-                        loss, reduced = reduce_terms(terms, weights, curriculum)
+                        ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
+                                                config.loss.consistency_warmup_steps)
+                        loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
                     if 0 <= train.debug_nan_at_step <= progress.step:  # testing aid: simulate a diverging run
                         loss = loss * float("nan")
                     finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())  # ranks agree

@@ -145,3 +145,15 @@ def test_reduce_terms_with_curriculum_weights_each_reduced_term():
     assert reduced["reconstruction"].item() == pytest.approx(1.5)  # term by term: its own two easiest
     assert reduced["action_cycle"].item() == pytest.approx(4.0)
     assert total.item() == pytest.approx(10 * 1.5 + 4.0)
+
+
+def test_consistency_ramp_and_ramped_weights():
+    from video_fer.losses import CONSISTENCY_TERMS, consistency_ramp, ramped_weights
+
+    assert consistency_ramp(0, 0, 0) == 1.0  # the reference: always on
+    assert [consistency_ramp(step, 150, 150) for step in (0, 150, 225, 300, 10_000)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert consistency_ramp(9, 10, 0) == 0.0 and consistency_ramp(10, 10, 0) == 1.0
+    reference, ramped = TAELossWeights().as_dict(), ramped_weights(TAELossWeights(), 0.25).as_dict()
+    for name, weight in reference.items():
+        assert ramped[name] == pytest.approx(weight * (0.25 if name in CONSISTENCY_TERMS else 1.0))
+    assert len(CONSISTENCY_TERMS) == 6 and "reconstruction" not in CONSISTENCY_TERMS

@@ -252,6 +252,10 @@ class LossConfig:
     weights: dict = field(default_factory=dict, metadata={"schema": "video_fer.losses:TAELossWeights"})
     curriculum: bool = False
     curriculum_patience: int = 15  # epochs without validation improvement before the window moves
+    # [ours] the six embedding-consistency terms are off until this optimiser step, then ramp linearly to
+    # their weight over consistency_warmup_steps (0 and 0: the reference, always on); see losses.consistency_ramp
+    consistency_warmup_start: int = 0
+    consistency_warmup_steps: int = 0
 
 
 @dataclass

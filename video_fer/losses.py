@@ -42,6 +42,34 @@ class TAELossWeights:
         return dataclasses.asdict(self)
 
 
+# The six terms that compare embeddings of generated faces with those of the real frames. At the identity
+# warp (where training starts) I^A = I^P = Î_t = I_s, so four of them reduce to ||psi_s - psi_t||^2 and
+# ||phi_s - phi_t||^2: with the encoder trained on both sides they erase the source/target difference the
+# decoders need, and the fields stay at identity (diagnosed on the animated benchmark faces).
+CONSISTENCY_TERMS = ("pose_changed_keeps_action", "pose_changed_has_target_pose", "action_changed_keeps_pose",
+                     "action_changed_has_target_action", "generated_has_target_pose", "generated_has_target_action")
+
+
+def consistency_ramp(step: int, start: int, steps: int) -> float:
+    """**[ours]** Factor in [0, 1] on the :data:`CONSISTENCY_TERMS` weights at optimiser step ``step``.
+
+    0 before ``start``, then linear up to 1 over ``steps`` steps (``start = steps = 0``: always 1, the
+    reference). Lets the reconstruction term move the fields off the identity warp before the embedding
+    terms are switched on; after the ramp the objective is the reference one.
+    """
+    if steps <= 0:
+        return 1.0 if step >= start else 0.0
+    return min(max((step - start) / steps, 0.0), 1.0)
+
+
+def ramped_weights(weights: "TAELossWeights", factor: float) -> "TAELossWeights":
+    """``weights`` with the :data:`CONSISTENCY_TERMS` multiplied by ``factor``."""
+    table = weights.as_dict()
+    for name in CONSISTENCY_TERMS:
+        table[name] *= factor
+    return TAELossWeights(**table)
+
+
 def _per_sample_l1(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``(B, ...)`` x2 -> ``(B,)`` mean absolute difference per sample (float32 even under autocast)."""
     return (prediction.float() - reference.float()).abs().flatten(1).mean(dim=1)
@@ -193,4 +221,5 @@ def reduce_terms(terms: Mapping[str, torch.Tensor], weights: TAELossWeights | Ma
     return total, reduced
 
 
-__all__ = ["HardSampleCurriculum", "TAELossWeights", "reduce_terms", "tae_loss_terms", "weighted_total"]
+__all__ = ["CONSISTENCY_TERMS", "HardSampleCurriculum", "TAELossWeights", "consistency_ramp", "ramped_weights",
+           "reduce_terms", "tae_loss_terms", "weighted_total"]
