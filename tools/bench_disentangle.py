@@ -1,7 +1,6 @@
 """Disentanglement benchmark with ground truth: does pretraining separate facial actions from head motion?
 
-    python tools/bench_disentangle.py --recipe-override optim.lr=3e-3 optim.schedule=constant
-                                        # the last reported run: 1000 steps, ~17 CPU min per model, ~45 min in all
+    python tools/bench_disentangle.py   # the last reported run: 1000 steps, 16-19 CPU min per model, ~35 min in all
     python tools/bench_disentangle.py --steps 20 --quick     # a smoke run of the whole pipeline
 
 One run does everything, resuming where a previous run of the same ``--out`` stopped:
