@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from video_fer.bundle import (HeadSpec, ModelBundle, assemble_bundle, build_head, load_bundle, load_head,
-                              random_bundle, save_bundle, save_head)
-from video_fer.checkpoint import save_model
-from video_fer.cli_track import main as cli_main
+from video_fer.track.bundle import (HeadSpec, ModelBundle, assemble_bundle, build_head, load_bundle, load_head,
+                                    random_bundle, save_bundle, save_head)
+from video_fer.models.checkpoint import save_model
+from video_fer.cli import main as cli_main
 from video_fer.errors import CheckpointError
 from video_fer.faces.alignment import AlignmentSpec
-from video_fer.tracks import column_names
+from video_fer.track.table import column_names
 
 TINY = dict(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8)
 
@@ -141,8 +141,9 @@ def test_alignment_size_must_match_the_encoder():
 
 
 def test_folding_batch_norms_keeps_the_outputs_and_track_leaves_the_callers_bundle_alone():
-    from video_fer.bundle import fuse_batch_norms
-    from video_fer.tracks import TrackSettings, inference_bundle
+    from video_fer.track.bundle import fuse_batch_norms
+    from video_fer.track.run import inference_bundle
+    from video_fer.track.settings import TrackSettings
 
     bundle = random_bundle(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8,
                            expression_head="acnn", va=True)

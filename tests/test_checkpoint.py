@@ -1,4 +1,4 @@
-"""Checkpoints: config.json + model.safetensors round trips and clear errors (video_fer.checkpoint)."""
+"""Checkpoints: config.json + model.safetensors round trips and clear errors (video_fer.models.checkpoint)."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import video_fer
-from video_fer.checkpoint import load_model, register_architecture, save_model
+from video_fer.models.checkpoint import load_model, register_architecture, save_model
 from video_fer.errors import CheckpointError
 from video_fer.models.tae import FaceActionEncoder, TAEConfig, TwinCycleAutoencoder
 

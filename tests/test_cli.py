@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import video_fer
-from video_fer.cli import build_parser, landmarker_options, main
+from video_fer.cli import build_parser, main
+from video_fer.cli.args import landmarker_options
 from video_fer.data.cache import FaceTrackCache
 
 

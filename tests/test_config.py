@@ -1,10 +1,27 @@
 """YAML config + dotted command-line overrides (video_fer.config)."""
+import importlib.util
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from video_fer.config import PretrainConfig, config_to_dict, load_config, parse_override
+from video_fer.config import config_to_dict, load_config, parse_override
 from video_fer.errors import ConfigError
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain_video.py"
+
+
+def recipe_schema():
+    """The pretraining schema, which sits at the top of recipes/pretrain_video.py."""
+    spec = importlib.util.spec_from_file_location("pretrain_video_schema", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module.PretrainConfig
+
+
+PretrainConfig = recipe_schema()
 
 
 @dataclass
@@ -75,7 +92,7 @@ def test_pretrain_schema_and_shipped_yaml_agree():
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pretrain_tae.yaml"
-    config = load_config(path, ["train.batch_size=3", "optim.name=sgd"])
+    config = load_config(path, ["train.batch_size=3", "optim.name=sgd"], schema=PretrainConfig)
     assert isinstance(config, PretrainConfig)
     assert config.train.batch_size == 3 and config.optim.name == "sgd"
     assert config.data.cache is None  # the default config trains on the embedded demo
@@ -86,5 +103,5 @@ def test_pretrain_schema_and_shipped_yaml_agree():
 def test_yes_no_stay_strings_but_true_false_are_booleans():
     assert parse_override("train.mixed_precision=no") == ("train.mixed_precision", "no")
     assert parse_override("train.validate=false") == ("train.validate", False)
-    config = load_config(None, ["train.mixed_precision=no", "train.validate=false"])
+    config = load_config(None, ["train.mixed_precision=no", "train.validate=false"], schema=PretrainConfig)
     assert config.train.mixed_precision == "no" and config.train.validate is False

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from video_fer import evaluation
+from video_fer.evaluate import au_report as evaluation
 from video_fer.data.folds import BP4D_AUS
 from video_fer.errors import VideoFerError
-from video_fer.evaluation import FoldPredictions
-from video_fer.metrics import icc_3_1, mean_absolute_error, pearson_correlation
+from video_fer.evaluate.au_report import FoldPredictions
+from video_fer.evaluate.metrics import icc_3_1, mean_absolute_error, pearson_correlation
 
 # 4 frames x 2 AUs; -1 = not coded. Worked out by hand at threshold 0.5:
 # AU1: predicted rows 0, 2; true rows 0, 1 -> TP 1, FP 1, FN 1 -> F1 = 2/4 = 0.5;
@@ -128,7 +128,7 @@ def test_evaluate_run_recomputes_every_fold_and_writes_json_and_markdown(tmp_pat
 
 
 def test_cli_evaluate_writes_the_report_and_names_a_bad_folder(tmp_path, capsys):
-    from video_fer.cli_evaluate import register
+    from video_fer.cli.evaluate import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

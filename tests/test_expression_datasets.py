@@ -15,6 +15,7 @@ from video_fer.data.expression_datasets import (
 from video_fer.data.face_images import align_face_arrays, align_image_files
 from video_fer.data.synthetic import AU_NAMES, demo_faces
 from video_fer.errors import LabelFileError
+from video_fer.faces.alignment import AlignmentSpec
 
 
 @pytest.fixture(autouse=True)
@@ -269,8 +270,6 @@ def test_given_landmarks_align_without_a_landmarker():
     canvas = np.zeros((100, 120, 3), np.uint8)
     canvas[20:84, 30:94] = (faces.crops[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     points = faces.landmarks[0].numpy() + np.array([30.0, 20.0], np.float32)
-    from video_fer.faces.alignment import AlignmentSpec
-
     aligned = align_face_arrays([canvas], ["canvas"], AlignmentSpec(size=64), landmarks=[points])
     assert aligned.crops.shape == (1, 3, 64, 64) and aligned.missing == []
     np.testing.assert_allclose(aligned.landmarks[0].numpy(), faces.landmarks[0].numpy(), atol=0.05)
@@ -279,8 +278,6 @@ def test_given_landmarks_align_without_a_landmarker():
 
 
 def test_shared_images_through_mediapipe_are_aligned_and_cached(shared_images, mediapipe_model, tmp_path, monkeypatch):
-    from video_fer.faces.alignment import AlignmentSpec
-
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(blank)
     paths = [shared_images / "single_face.jpg", shared_images / "multi_face.jpg", blank]
@@ -318,7 +315,7 @@ def test_csv_dataset_of_shared_images_loads_through_the_front_end(shared_images,
     csv_path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
     config = FaceLabelDataConfig(kind="csv", root=str(csv_path), landmarker_model=str(mediapipe_model),
                                  class_names=list(SYNTHETIC_EXPRESSIONS))
-    loaded = load_face_label_data(config, 64, tmp_path / "run")
+    loaded = load_face_label_data(config, AlignmentSpec(size=64), tmp_path / "run")
     assert len(loaded.train) == 3 and len(loaded.test) == 1 and loaded.redraw_train is None
     assert loaded.test.labels.tolist() == [SYNTHETIC_EXPRESSIONS.index("disgust")]
     assert loaded.train.images.shape == (3, 3, 64, 64) and loaded.info["no_face"] == []

@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 
 import video_fer
-from video_fer.data import au_training
+from video_fer.data import au_faces
+from video_fer.models import task_models
+from video_fer.train.losses import au as au_losses
 from video_fer.data.au_datasets import AUFrameTable, read_bp4d, read_disfa
 from video_fer.data.cache import CacheWriter, FaceTrackCache
 from video_fer.data.folds import BP4D_AUS, DISFA_AUS
 from video_fer.faces.alignment import AlignmentSpec
 from video_fer.models.tae import FaceActionEncoder, TAEConfig
-from video_fer.training import read_csv_log
+from video_fer.train.logs import read_csv_log
+from video_fer.train.run import run_recipe as run_with_error_exit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = PROJECT_ROOT / "recipes" / "finetune_au.py"
@@ -37,24 +40,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 def test_positive_weights_are_negatives_over_positives_of_coded_frames():
     occurrence = np.array([[1, 0, 0], [0, 0, 0], [0, -1, 0], [1, 1, -1]], np.int8)
     # AU a: 2 positives, 2 negatives -> 1; AU b: 1 positive, 2 negatives (row 2 not coded) -> 2; AU c: no positive -> 1
-    np.testing.assert_allclose(au_training.positive_weights(occurrence), [1.0, 2.0, 1.0])
+    np.testing.assert_allclose(au_losses.positive_weights(occurrence), [1.0, 2.0, 1.0])
     many_negatives = np.array([[1]] + [[0]] * 9, np.int8)
-    assert au_training.positive_weights(many_negatives)[0] == pytest.approx(9.0)
-    assert au_training.positive_weights(many_negatives, max_weight=5.0)[0] == pytest.approx(5.0)
+    assert au_losses.positive_weights(many_negatives)[0] == pytest.approx(9.0)
+    assert au_losses.positive_weights(many_negatives, max_weight=5.0)[0] == pytest.approx(5.0)
 
 
 def test_balanced_sampling_gives_each_class_of_an_au_half_the_mass():
     occurrence = np.array([[1], [0], [0], [0]], np.int8)  # p = 1/4: positive 0.5/0.25 = 2, negatives 0.5/0.75
-    weights = au_training.balanced_sampling_weights(occurrence)
+    weights = au_faces.balanced_sampling_weights(occurrence)
     np.testing.assert_allclose(weights, [2.0, 2 / 3, 2 / 3, 2 / 3])
     two_aus = np.array([[1, 0], [0, 1], [0, 1], [0, -1]], np.int8)
     # AU1 p=1/4: [2, 2/3, 2/3, 2/3]; AU2 p=2/3 (row 3 not coded): [1.5, 0.75, 0.75, -]; mean over coded AUs
     raw = np.array([(2 + 1.5) / 2, (2 / 3 + 0.75) / 2, (2 / 3 + 0.75) / 2, 2 / 3])
-    np.testing.assert_allclose(au_training.balanced_sampling_weights(two_aus), raw * 4 / raw.sum())
+    np.testing.assert_allclose(au_faces.balanced_sampling_weights(two_aus), raw * 4 / raw.sum())
     shares = [(weights * (occurrence[:, 0] == 1)).sum() / weights.sum()]
     assert shares == pytest.approx([0.5])
     with pytest.raises(video_fer.VideoFerError, match="balanced sampling"):
-        au_training.balanced_sampling_weights(np.ones((3, 2), np.int8))
+        au_faces.balanced_sampling_weights(np.ones((3, 2), np.int8))
 
 
 def test_masked_losses_ignore_not_coded_entries():
@@ -62,9 +65,9 @@ def test_masked_losses_ignore_not_coded_entries():
     occurrence = torch.tensor([[1.0, -1.0], [0.0, 1.0]])
     pos_weight = torch.tensor([3.0, 1.0])
     expected = (3.0 * F.softplus(-logits[0, 0]) + F.softplus(logits[1, 0]) + F.softplus(-logits[1, 1])) / 3
-    assert au_training.masked_bce_loss(logits, occurrence, pos_weight) == pytest.approx(float(expected), rel=1e-6)
+    assert au_losses.masked_bce_loss(logits, occurrence, pos_weight) == pytest.approx(float(expected), rel=1e-6)
     intensity = torch.tensor([[1.0, float("nan")], [0.0, 2.0]])
-    assert au_training.masked_mse_loss(logits, intensity) == pytest.approx(((2 - 1) ** 2 + 0.25 + 1.0) / 3)
+    assert au_losses.masked_mse_loss(logits, intensity) == pytest.approx(((2 - 1) ** 2 + 0.25 + 1.0) / 3)
 
 
 # ----------------------------------------------------------------------------- a synthetic face cache
@@ -95,11 +98,11 @@ def disfa_like(root: Path, frames_per_subject: int = 6, seed: int = 0) -> AUFram
 def test_dataset_reads_each_labelled_crop_and_reports_frames_without_face(tmp_path):
     table = disfa_like(tmp_path)
     cache = FaceTrackCache(tmp_path / "cache")
-    faces, join = au_training.match_labelled_faces(table, cache)
-    report = au_training.faces_report(join)
+    faces, join = au_faces.match_labelled_faces(table, cache)
+    report = au_faces.faces_report(join)
     assert report["labelled"] == 36 and report["without_face"] == 1
     assert report["without_face_per_subject"]["SN013"] == 1 and len(faces) == 35
-    dataset = au_training.AUFaceDataset(cache, faces)
+    dataset = au_faces.AUFaceDataset(cache, faces)
     rows = [34, 0, 7]  # mixed tracks, out of order
     items = dataset.__getitems__(rows)
     for row, item in zip(rows, items):
@@ -115,25 +118,25 @@ def test_dataset_reads_each_labelled_crop_and_reports_frames_without_face(tmp_pa
 def test_embeddings_equal_the_frozen_encoder_on_each_crop_and_the_model_round_trips(tmp_path):
     table = disfa_like(tmp_path)
     cache = FaceTrackCache(tmp_path / "cache")
-    faces, _ = au_training.match_labelled_faces(table, cache)
+    faces, _ = au_faces.match_labelled_faces(table, cache)
     torch.manual_seed(0)
     encoder = FaceActionEncoder(TAEConfig(**TINY_ENCODER)).train()
-    embeddings = au_training.compute_embeddings(encoder, cache, faces, batch_size=4)
+    embeddings = au_faces.compute_embeddings(encoder, cache, faces, batch_size=4)
     assert encoder.training  # restored
     rows = np.array([3, 20, 34])
-    crops = au_training.read_face_crops(cache, faces.track_ids[rows], faces.positions[rows])
+    crops = au_faces.read_face_crops(cache, faces.track_ids[rows], faces.positions[rows])
     with torch.no_grad():
         direct = encoder.eval().forward_features(crops.permute(0, 3, 1, 2).float() / 255).action_embedding
     torch.testing.assert_close(embeddings[rows], direct, rtol=1e-4, atol=1e-5)
 
-    model = au_training.AUClassifier(au_training.AUClassifierConfig(list(DISFA_AUS), dict(TINY_ENCODER)))
+    model = task_models.AUClassifier(task_models.AUClassifierConfig(list(DISFA_AUS), dict(TINY_ENCODER)))
     model.encoder.load_state_dict(encoder.state_dict())
     model.eval()
     images = crops.permute(0, 3, 1, 2).float() / 255
     torch.testing.assert_close(model(images), model(direct), rtol=1e-4, atol=1e-5)  # images or embeddings
-    video_fer.checkpoint.save_model(model, tmp_path / "model")
+    video_fer.models.checkpoint.save_model(model, tmp_path / "model")
     loaded = video_fer.load_model(tmp_path / "model")
-    assert isinstance(loaded, au_training.AUClassifier) and loaded.config.au_numbers == list(DISFA_AUS)
+    assert isinstance(loaded, task_models.AUClassifier) and loaded.config.au_numbers == list(DISFA_AUS)
     probabilities = loaded.predict(images)
     assert probabilities.shape == (3, 8) and bool(((probabilities > 0) & (probabilities < 1)).all())
     torch.testing.assert_close(probabilities, torch.sigmoid(model(images)))
@@ -157,7 +160,7 @@ def test_sequence_videos_keep_frame_order_per_subject_and_task(tmp_path):
     count = len(sources)
     table = AUFrameTable((1,), np.array(subjects), np.array(tasks), np.array(frames), np.array(sources),
                          np.full(count, -1), np.zeros((count, 1), np.int8))
-    remapped = au_training.write_sequence_videos(table, tmp_path / "videos", crf=0)
+    remapped = au_faces.write_sequence_videos(table, tmp_path / "videos", crf=0)
     assert remapped.source_frames.tolist() == [2, 0, 1, 1, 0, 0]  # rank of the frame number in its sequence
     assert remapped.sources[0] == str(tmp_path / "videos" / "F001" / "F001_T1.mp4")
     reader = VideoReader(remapped.sources[0])
@@ -166,11 +169,11 @@ def test_sequence_videos_keep_frame_order_per_subject_and_task(tmp_path):
     for position, number in enumerate([1, 2, 3]):
         assert np.abs(decoded[position] - pixels[("F001", "T1", number)]).mean() < 8  # yuv420p of flat blocks
     # already written: reused, and a stale video (other frame count) is an error naming it
-    au_training.write_sequence_videos(table, tmp_path / "videos")
+    au_faces.write_sequence_videos(table, tmp_path / "videos")
     longer = table.select([0, 1, 2, 3, 4, 5, 0])
     longer.frames[-1] = 4
     with pytest.raises(video_fer.VideoFerError, match=r"F001_T1.mp4: has 3 frames but F001 T1 has 4"):
-        au_training.write_sequence_videos(longer, tmp_path / "videos")
+        au_faces.write_sequence_videos(longer, tmp_path / "videos")
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -196,7 +199,8 @@ class RecipeRun:
 def run_recipe(recipe, capsys):
     def run(*arguments, config="finetune_au_disfa.yaml") -> RecipeRun:
         capsys.readouterr()  # drop earlier output
-        code = recipe.run(["--config", str(PROJECT_ROOT / "recipes" / "configs" / config), *TINY, *arguments])
+        code = run_with_error_exit(recipe.main, "finetune_au",
+                                   ["--config", str(PROJECT_ROOT / "recipes" / "configs" / config), *TINY, *arguments])
         captured = capsys.readouterr()
         return RecipeRun(code, captured.out, captured.err)
 
@@ -310,11 +314,11 @@ def write_fake_bp4d(root: Path, videos: Path) -> dict[str, int]:
 
 def test_fold_all_on_a_fake_bp4d_of_real_faces_writes_the_table(tmp_path, shared_videos, mediapipe_model, run_recipe):
     from video_fer.data.prepare import prepare_videos
-    from video_fer.evaluation import evaluate_run
+    from video_fer.evaluate.au_report import evaluate_run
 
     counts = write_fake_bp4d(tmp_path, shared_videos)
     table = read_bp4d(tmp_path / "AU_OCC", tmp_path / "frames")
-    au_training.write_sequence_videos(table, tmp_path / "videos")  # prepare reads videos
+    au_faces.write_sequence_videos(table, tmp_path / "videos")  # prepare reads videos
     prepare_videos(tmp_path / "videos", tmp_path / "cache", landmarker_options={"model_path": str(mediapipe_model)},
                    size=64, min_track_frames=2, progress=False)
     out = tmp_path / "run"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from video_fer.checkpoint import load_model
+from video_fer.models.checkpoint import load_model
 from video_fer.data.synthetic import MIRROR_68
 from video_fer.errors import ConfigError
-from video_fer.training import read_csv_log
+from video_fer.train.logs import read_csv_log
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

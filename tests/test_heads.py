@@ -8,15 +8,16 @@ from torch import nn
 
 from video_fer.errors import ConfigError
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68, normalised_to_pixels
-from video_fer.head_losses import (aha_loss, ccc_loss, concordance_correlation, cosface_logits, ran_loss,
-                                   region_biased_loss, va_multitask_loss)
-from video_fer.models.heads import (TAE_TRUNK_CHANNELS, BackboneEmbedding, CosineClassifier, HeadInputError,
-                                    LinearProbeHead, SmallRegionEncoder, backbone_channels, create_head)
-from video_fer.models.heads_acnn import ACNNHead
-from video_fer.models.heads_aha import AHAHead
-from video_fer.models.heads_prior import PriorAttentionHead
-from video_fer.models.heads_ran import RANHead
-from video_fer.models.heads_va import TwoLevelAttentionVAHead
+from video_fer.models.heads import LinearProbeHead, create_head
+from video_fer.models.heads.common import (TAE_TRUNK_CHANNELS, BackboneEmbedding, CosineClassifier, HeadInputError,
+                                           SmallRegionEncoder, backbone_channels, cosface_logits)
+from video_fer.train.losses.heads import (aha_loss, ccc_loss, concordance_correlation, ran_loss, region_biased_loss,
+                                          va_multitask_loss)
+from video_fer.models.heads.acnn import ACNNHead
+from video_fer.models.heads.aha import AHAHead
+from video_fer.models.heads.prior import PriorAttentionHead
+from video_fer.models.heads.ran import RANHead
+from video_fer.models.heads.va import TwoLevelAttentionVAHead
 from video_fer.models.regions import AHA_REGION_NAMES
 
 SIZE = 64
@@ -193,7 +194,7 @@ def test_ran_random_crops_are_fresh_in_training_and_fixed_in_evaluation():
 def test_ran_pooling_follows_the_paper():
     head = RANHead(3, region_encoder=SmallRegionEncoder(4, (4,)), feature_dim=4)
     region_features = torch.randn(2, 6, 4)
-    from video_fer.models.heads_ran import ran_attention_pool
+    from video_fer.models.heads.ran import ran_attention_pool
 
     pooled, mu, nu = ran_attention_pool(region_features, head.self_attention, head.relation_attention)
     expected_mu = torch.sigmoid(region_features @ head.self_attention.weight[0] + head.self_attention.bias)

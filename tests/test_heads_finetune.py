@@ -1,16 +1,17 @@
-"""The recipes' fine-tuned models (video_fer.models.heads_finetune) and the shared fine-tuning loop pieces."""
+"""The recipes' fine-tuned models (video_fer.models.task_models) and the shared fine-tuning loop pieces."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from video_fer.checkpoint import load_model, registered_architectures, save_model
+from video_fer.models.checkpoint import load_model, registered_architectures, save_model
 from video_fer.errors import ConfigError
-from video_fer.models.heads_finetune import (ExpressionModel, ExpressionModelConfig, ValenceArousalModel,
-                                             ValenceArousalModelConfig, load_encoder_weights, load_pretrained_encoder)
+from video_fer.faces.alignment import AlignmentSpec, check_encoder_crops
+from video_fer.models.checkpoint import load_encoder, save_encoder
+from video_fer.models.task_models import (ExpressionModel, ExpressionModelConfig, ValenceArousalModel,
+                                          ValenceArousalModelConfig, load_encoder_weights)
 from video_fer.models.tae import FaceActionEncoder, TAEConfig
-from video_fer.training import (StepProgress, epoch_batches, evaluation_due, finetune_learning_rate,
-                                make_optimizer)
+from video_fer.train.loop import StepProgress, epoch_batches, evaluation_due, finetune_learning_rate, make_optimizer
 
 TINY_ENCODER = {"width": 8, "embedding_dim": 32, "attention_streams": 2, "stream_width": 8}
 SIZE = 64
@@ -111,10 +112,25 @@ def test_ran_crop_encoders_are_selectable_and_checked():
 
 def test_pretrained_encoder_of_another_size_is_refused_with_the_fix(tmp_path):
     save_model(FaceActionEncoder(TAEConfig(image_size=SIZE, **TINY_ENCODER)), tmp_path / "encoder")
-    assert load_pretrained_encoder(None, SIZE) is None
-    assert load_pretrained_encoder(tmp_path / "encoder", SIZE).config.embedding_dim == 32
-    with pytest.raises(ConfigError, match="set model.image_size=64"):
-        load_pretrained_encoder(tmp_path / "encoder", 128)
+    export = load_encoder(tmp_path / "encoder")  # an export without a recorded alignment: its side is checked
+    assert export.encoder.config.embedding_dim == 32 and export.alignment is None and export.crops == SIZE
+    check_encoder_crops(SIZE, export.crops, "model.image_size")
+    with pytest.raises(ConfigError, match="model.image_size: crops of 128 px but the encoder takes 64 px; .*"
+                                          "model.image_size=64"):
+        check_encoder_crops(128, export.crops, "model.image_size")
+
+
+def test_encoder_export_carries_its_alignment_and_crops_are_checked_against_it(tmp_path):
+    encoder = FaceActionEncoder(TAEConfig(image_size=SIZE, **TINY_ENCODER))
+    spec = AlignmentSpec(size=SIZE, point_weights=(4.0, 4.0, 1.0, 1.0, 1.0))
+    save_encoder(encoder, tmp_path / "encoder", spec, extra={"step": 3})
+    export = load_encoder(tmp_path / "encoder")
+    assert export.alignment == spec and export.image_size == SIZE and export.crops == spec
+    check_encoder_crops(spec, export.crops, "data.cache")
+    with pytest.raises(ConfigError, match="data.cache: crops aligned differently from the encoder's"):
+        check_encoder_crops(AlignmentSpec(size=SIZE), export.crops, "data.cache")
+    with pytest.raises(ConfigError, match="crops of 128 px but the encoder takes 64 px"):
+        save_encoder(encoder, tmp_path / "other", AlignmentSpec(size=128))
 
 
 def test_make_optimizer_names_the_bad_setting():
@@ -173,7 +189,7 @@ def test_evaluation_due_every_n_steps_or_each_epoch_and_at_the_end():
 
 
 def test_with_coordinates_appends_x_then_y_in_minus_one_to_one():
-    from video_fer.models.heads import with_coordinates
+    from video_fer.models.heads.common import with_coordinates
 
     maps = torch.rand(2, 3, 4, 5)
     out = with_coordinates(maps)
@@ -185,8 +201,8 @@ def test_with_coordinates_appends_x_then_y_in_minus_one_to_one():
 def test_pooled_attention_tells_where_a_pattern_is():
     # The same pattern at two places of an otherwise blank map: a plain attention pool gives the
     # same vector; the coordinate-aware pool of the VA head does not.
-    from video_fer.models.heads import softmax_spatial_pool
-    from video_fer.models.heads_va import SpatialAttentionPool
+    from video_fer.models.heads.common import softmax_spatial_pool
+    from video_fer.models.heads.va import SpatialAttentionPool
 
     left, right = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
     left[..., 3, 1], right[..., 3, 6] = 1.0, 1.0

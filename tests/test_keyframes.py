@@ -1,4 +1,4 @@
-"""Keyframe landmarks (video_fer.faces.keyframes) and track's kornia-free alignment (video_fer.track_align)."""
+"""Keyframe landmarks (video_fer.faces.keyframes) and track's kornia-free alignment (video_fer.faces.crops)."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +7,8 @@ from video_fer.errors import ConfigError
 from video_fer.faces import create_landmarker
 from video_fer.faces.keyframes import (GAP_FILLED, INTERPOLATED, KEYFRAME, KeyframeLandmarks, image_mode_twin,
                                        match_keyframe_faces)
-from video_fer.faces.types import Face, boxes_from_points
+from video_fer.faces.boxes import boxes_from_points
+from video_fer.faces.types import Face
 from video_fer.video import VideoReader
 
 BASE = np.random.default_rng(0).uniform(0, 40, (68, 2)).astype(np.float32)
@@ -187,11 +188,11 @@ def test_face_appearing_or_leaving_between_keyframes_is_not_missed(shared_videos
         assert len(run_starts) and len(run_ends) and run_ends[0] - run_starts[-1] < 3, (frame, transitions)
 
 
-# ----------------------------------------------------------------------------- track_align
+# ----------------------------------------------------------------------------- faces.crops (track)
 def test_torch_blur_and_warp_equal_kornia():
     kornia = pytest.importorskip("kornia")
     from video_fer.faces.alignment import CANONICAL_LANDMARKS_68, AlignmentSpec, five_points, similarity_from_points
-    from video_fer.track_align import gaussian_blur, warp_windows
+    from video_fer.faces.crops import gaussian_blur, warp_windows
 
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(3, 3, 40, 52, generator=generator)
@@ -207,12 +208,11 @@ def test_torch_blur_and_warp_equal_kornia():
 
 
 def test_fast_alignment_equals_the_kornia_path(shared_videos, mediapipe_model):
-    """track_align.shrink_then_align vs the same recipe through align_faces (kornia): same crops, same landmarks."""
+    """faces.crops.shrink_then_align vs the same recipe through align_faces (kornia): same crops, same landmarks."""
     import torch.nn.functional as F
 
-    from video_fer.data.prepare import crop_regions
     from video_fer.faces.alignment import AlignmentSpec, align_faces
-    from video_fer.track_align import shrink_then_align
+    from video_fer.faces.crops import crop_regions, shrink_then_align
 
     with VideoReader(shared_videos / "WolfgangLanger_Pexels.mp4") as reader:
         indices = np.arange(0, 472, 94)

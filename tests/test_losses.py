@@ -1,4 +1,4 @@
-"""TAE loss terms, weighting and the hard-sample curriculum (video_fer.losses)."""
+"""TAE loss terms, weighting and the hard-sample curriculum (video_fer.train.losses.tae)."""
 import dataclasses
 from types import SimpleNamespace
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from video_fer.errors import ConfigError
-from video_fer.losses import HardSampleCurriculum, TAELossWeights, reduce_terms, tae_loss_terms, weighted_total
+from video_fer.train.losses.tae import HardSampleCurriculum, TAELossWeights, reduce_terms, tae_loss_terms, weighted_total
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 
 B, S, D = 2, 4, 3
@@ -148,7 +148,7 @@ def test_reduce_terms_with_curriculum_weights_each_reduced_term():
 
 
 def test_consistency_ramp_and_ramped_weights():
-    from video_fer.losses import CONSISTENCY_TERMS, consistency_ramp, ramped_weights
+    from video_fer.train.losses.tae import CONSISTENCY_TERMS, consistency_ramp, ramped_weights
 
     assert consistency_ramp(0, 0, 0) == 1.0  # the reference: always on
     assert [consistency_ramp(step, 150, 150) for step in (0, 150, 225, 300, 10_000)] == [0.0, 0.0, 0.5, 1.0, 1.0]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from video_fer import metrics
+from video_fer.evaluate import metrics
 
 # Three AUs over five frames.
 # AU a: labels 1 1 0 0 1, scores .9 .4 .6 .1 .5 -> predicted 1 0 1 0 1 (0.5 >= 0.5 is positive)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from video_fer.data.cache import FaceTrackCache, read_manifests
-from video_fer.data.prepare import (align_in_regions, expand_inputs, parse_shard, prepare_one_video, prepare_videos,
-                                    sample_frame_indices, select_shard)
+from video_fer.data.inputs import expand_inputs, parse_shard, select_shard
+from video_fer.data.prepare import prepare_one_video, prepare_videos, sample_frame_indices
+from video_fer.faces.crops import align_in_regions
 from video_fer.errors import CacheError, ConfigError
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68, AlignmentSpec, align_faces, five_points
 

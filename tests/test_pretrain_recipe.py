@@ -11,7 +11,8 @@ import torch
 
 import video_fer
 from video_fer.data.synthetic import build_demo_cache
-from video_fer.training import list_checkpoints, read_csv_log
+from video_fer.train.checkpoints import list_checkpoints
+from video_fer.train.logs import read_csv_log
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = PROJECT_ROOT / "recipes" / "pretrain_video.py"
@@ -89,7 +90,7 @@ def test_non_finite_loss_is_skipped_then_stops_with_the_last_good_checkpoint(tmp
 
 
 def test_csv_log_drops_rows_after_the_resumed_step(tmp_path):
-    from video_fer.training import CsvLog
+    from video_fer.train.logs import CsvLog
 
     log = CsvLog(tmp_path / "losses.csv")
     for step in range(1, 6):
@@ -103,7 +104,7 @@ def test_csv_log_drops_rows_after_the_resumed_step(tmp_path):
 
 
 def test_guard_and_schedule():
-    from video_fer.training import NonFiniteGuard, TrainingDivergedError, cosine_with_warmup
+    from video_fer.train.loop import NonFiniteGuard, TrainingDivergedError, cosine_with_warmup
 
     guard = NonFiniteGuard(max_in_row=2)
     assert guard.update(False, 1) is False and guard.update(True, 2) is True  # a finite step resets the count

@@ -1,12 +1,12 @@
-"""Linear probes (video_fer.probes) and the disentanglement measurements (video_fer.disentangle)."""
+"""Linear probes (video_fer.evaluate.probes) and the disentanglement measurements (video_fer.evaluate.disentangle)."""
 import numpy as np
 import pytest
 import torch
 
 from video_fer.data.synthetic import AU_NAMES, demo_faces
-from video_fer.disentangle import PIXELS_PER_GRID_UNIT_256, endpoint_error, make_probe_pairs, measure_pairs
+from video_fer.evaluate.disentangle import PIXELS_PER_GRID_UNIT_256, endpoint_error, make_probe_pairs, measure_pairs
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
-from video_fer.probes import ProbeInputError, f1_per_column, logistic_probe, r2_per_column, ridge_probe
+from video_fer.evaluate.probes import ProbeInputError, f1_per_column, logistic_probe, r2_per_column, ridge_probe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

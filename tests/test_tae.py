@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from video_fer.losses import reduce_terms, tae_loss_terms
+from video_fer.train.losses.tae import reduce_terms, tae_loss_terms
 from video_fer.models.tae import (EncoderFeatures, FaceActionEncoder, FlowDecoder, TAEConfig, TAEOutput,
                                   TwinCycleAutoencoder)
 

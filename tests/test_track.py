@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from video_fer.bundle import load_bundle, random_bundle, save_bundle
-from video_fer.cli_track import main as cli_main
-from video_fer.head_pose import MEAN_FACE_68_MM, MIRROR_68, estimate_head_pose, project_mean_face
-from video_fer.tracks import (BASE_COLUMNS, QUEUE_BATCHES, FaceBatch, FacePredictions, TrackSettings, batch_rows,
-                              column_names, iter_clip_batches, read_table, track)
+from video_fer.track.bundle import load_bundle, random_bundle, save_bundle
+from video_fer.cli import main as cli_main
+from video_fer.faces.head_pose import MEAN_FACE_68_MM, MIRROR_68, estimate_head_pose, project_mean_face
+from video_fer.track.run import iter_clip_batches, track
+from video_fer.track.settings import TrackSettings
+from video_fer.track.stages import QUEUE_BATCHES, FaceBatch, FacePredictions, batch_rows
+from video_fer.track.table import BASE_COLUMNS, column_names, read_table
 from video_fer.video import VideoReader
 
 TINY = dict(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8)
@@ -269,7 +271,7 @@ def test_fast_alignment_matches_the_prepare_crops(shared_videos, mediapipe_model
     from video_fer.data.prepare import align_in_regions
     from video_fer.faces import create_landmarker
     from video_fer.faces.alignment import AlignmentSpec
-    from video_fer.tracks import shrink_then_align
+    from video_fer.faces.crops import shrink_then_align
 
     with VideoReader(shared_videos / "WolfgangLanger_Pexels.mp4") as reader:
         indices = np.arange(0, 472, 59)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68
-from video_fer.faces.tracking import FaceTracker, TrackingInputError, box_iou, track_faces
+from video_fer.faces.boxes import box_iou
+from video_fer.faces.tracking import FaceTracker, TrackingInputError, track_faces
 
 try:
     from video_fer.faces.types import Face

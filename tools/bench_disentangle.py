@@ -19,7 +19,7 @@ One run does everything, resuming where a previous run of the same ``--out`` sto
    ``untrained`` is the TAE's initial weights. CPU minutes of each run are measured.
 4. **measurements** on fresh animated pairs (random AUs in [0, 1], random head motion): endpoint
    errors of the fields against the true ones on the test identities, and linear probes fitted on
-   the training identities' pairs and scored on the test identities' pairs (video_fer.probes):
+   the training identities' pairs and scored on the test identities' pairs (video_fer.evaluate.probes):
    action change -> AU presence (F1 at 0.5, labels = intensity >= ``--au-threshold``) and AU
    intensity (Pearson r), pose change -> the same, pose change -> head-motion parameters (R²),
    action change -> head motion (R²).
@@ -41,16 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from video_fer.data.synthetic import AU_NAMES, HEAD_MOTION_NAMES, animate_faces, build_animated_cache, flow_to_color
+from video_fer.evaluate.disentangle import make_probe_pairs, measure_pairs, nanmean
+from video_fer.io import atomic_write
+from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
+from video_fer.evaluate.probes import f1_per_column, logistic_probe, ridge_probe
+from video_fer.train.checkpoints import latest_checkpoint
 
-from video_fer.data.synthetic import (AU_NAMES, HEAD_MOTION_NAMES, animate_faces, build_animated_cache,  # noqa: E402
-                                      flow_to_color)
-from video_fer.disentangle import make_probe_pairs, measure_pairs, nanmean  # noqa: E402
-from video_fer.io_utils import atomic_write  # noqa: E402
-from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder  # noqa: E402
-from video_fer.probes import f1_per_column, logistic_probe, ridge_probe  # noqa: E402
-from video_fer.training import latest_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CYCLE_TERMS = ("pose_changed_keeps_action", "pose_changed_has_target_pose", "action_changed_keeps_pose",
                "action_changed_has_target_action", "generated_has_target_pose", "generated_has_target_action",
@@ -76,15 +74,18 @@ def safe_name(identity: str) -> str:
 def collect_faces(shared: Path, size: int, frames_per_video: int, cache_dir: Path):
     """The face bank and a description of where the faces came from."""
     from video_fer.data.face_images import build_face_bank
+    from video_fer.faces.alignment import AlignmentSpec
 
+    alignment = AlignmentSpec(size=size)
     images = sorted((shared / "data" / "images").glob("*.jpg"))
     videos = [shared / "data" / "videos" / name for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4")]
     model = shared / "models" / "mediapipe" / "face_landmarker.task"
     if images and model.is_file() and all(video.is_file() for video in videos):
-        bank = build_face_bank(size, images, videos, frames_per_video, {"model_path": str(model)}, cache_dir=cache_dir)
+        bank = build_face_bank(alignment, images, videos, frames_per_video, {"model_path": str(model)},
+                               cache_dir=cache_dir)
         description = f"demo photos + {len(images)} photos + {frames_per_video} frames of {len(videos)} videos"
     else:
-        bank = build_face_bank(size)
+        bank = build_face_bank(alignment)
         description = f"{shared} not found: the 2 demo photos only"
     bank.identities = [safe_name(name) for name in bank.identities]
     return bank, description
@@ -114,8 +115,7 @@ def run_pretraining(variants: dict[str, list[str]], cache: Path, out: Path, args
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     waiting = [name for name in variants if stats.get(name, {}).get("steps") != args.steps]
     running: dict[int, tuple[str, subprocess.Popen, float, object]] = {}
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-                   "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     while waiting or running:
         while waiting and len(running) < args.jobs:
             name = waiting.pop(0)

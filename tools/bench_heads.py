@@ -35,7 +35,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 HEADS = ("acnn", "ran", "prior", "aha", "linear")
 

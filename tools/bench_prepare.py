@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+from video_fer.data.inputs import expand_inputs
+from video_fer.data.prepare import DEFAULT_BATCH_SIZE, STAGES, prepare_videos, sample_frame_indices
+from video_fer.errors import VideoReadError
+from video_fer.video import VideoReader
 
-from video_fer.data.prepare import (DEFAULT_BATCH_SIZE, STAGES, expand_inputs, prepare_videos,  # noqa: E402
-                                    sample_frame_indices)
-from video_fer.errors import VideoReadError  # noqa: E402
-from video_fer.video import VideoReader  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 SHARED_VIDEOS = PROJECT_ROOT.parent / "shared" / "data" / "videos"
 SHARED_MODEL = PROJECT_ROOT.parent / "shared" / "models" / "mediapipe" / "face_landmarker.task"

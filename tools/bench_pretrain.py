@@ -29,16 +29,15 @@ from pathlib import Path
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+from video_fer.data.augment import augment_pair
+from video_fer.data.pairs import FacePairSampler
+from video_fer.data.pretrain_dataset import FacePairDataset, pair_loader
+from video_fer.data.synthetic import build_demo_cache
+from video_fer.train.losses.tae import reduce_terms, tae_loss_terms
+from video_fer.models.tae import TAEConfig, TAEOutput, TwinCycleAutoencoder
+from video_fer.models.warp import fuse_flows, warp
 
-from video_fer.data.augment import augment_pair  # noqa: E402
-from video_fer.data.pairs import FacePairSampler  # noqa: E402
-from video_fer.data.pretrain_dataset import FacePairDataset, pair_loader  # noqa: E402
-from video_fer.data.synthetic import build_demo_cache  # noqa: E402
-from video_fer.losses import reduce_terms, tae_loss_terms  # noqa: E402
-from video_fer.models.tae import TAEConfig, TAEOutput, TwinCycleAutoencoder  # noqa: E402
-from video_fer.models.warp import fuse_flows, warp  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def naive_forward(model: TwinCycleAutoencoder, source: torch.Tensor, target: torch.Tensor) -> TAEOutput:

@@ -1,6 +1,6 @@
 """Benchmark `video-fer track`: end-to-end frames per second, ratio to decode-only, peak memory.
 
-Every track run is a whole process (``python -m video_fer.cli_track track CLIP --model BUNDLE``:
+Every track run is a whole process (``python -m video_fer.cli track CLIP --model BUNDLE``:
 interpreter start, imports, model loading, MediaPipe start-up, tracking, writing the CSV, exit),
 timed from outside; its peak resident memory and CPU time come from ``os.wait4``. Decode-only
 speed (the same clip, every frame, through the reader ``track`` uses) is measured in the same
@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
 
 DEFAULT_CLIP = PROJECT_ROOT.parent / "shared" / "data" / "videos" / "WolfgangLanger_Pexels.mp4"
 DEFAULT_MODEL = PROJECT_ROOT.parent / "shared" / "models" / "mediapipe" / "face_landmarker.task"
@@ -47,9 +46,8 @@ DEFAULT_MODEL = PROJECT_ROOT.parent / "shared" / "models" / "mediapipe" / "face_
 
 def run_process(command: list[str]) -> tuple[float, float, int, float]:
     """Run a command; ``(wall seconds, peak RSS MiB, exit code, CPU seconds user + system)``."""
-    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, )
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -70,14 +68,16 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
     import numpy as np
     import torch
 
-    from video_fer.bundle import load_bundle
+    from video_fer.track.bundle import load_bundle
     from video_fer.data.prepare import align_in_regions
     from video_fer.faces import create_landmarker
     from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
     from video_fer.faces.tracking import FaceTracker
-    from video_fer.head_pose import estimate_head_pose
-    from video_fer.track_align import shrink_then_align
-    from video_fer.tracks import SparseDetectorConfidence, TrackSettings, default_landmarker_options, inference_bundle
+    from video_fer.faces.head_pose import estimate_head_pose
+    from video_fer.faces.crops import shrink_then_align
+    from video_fer.faces.detection import SparseDetectorConfidence
+    from video_fer.track.run import inference_bundle
+    from video_fer.track.settings import TrackSettings, default_landmarker_options
     from video_fer.video import VideoReader
 
     torch.set_num_threads(1)
@@ -100,7 +100,7 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
         return value
 
     def network_stages(chunk):
-        from video_fer.tracks import FaceBatch
+        from video_fer.track.stages import FaceBatch
 
         ids = [i for index, faces in zip(chunk.frame_indices, chunk.faces)
                for i in timed("tracker", tracker.update, int(index), faces)]
@@ -108,7 +108,8 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
         landmarks = np.array([f.landmarks for faces in chunk.faces for f in faces], np.float32).reshape(-1, 68, 2)
         batch = FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, positions, landmarks,
                           np.full(len(positions), 0.5, np.float32), np.asarray(ids, np.int64))
-        timed("confidence (detector every 8th frame)", confidence, batch)
+        timed("confidence (detector every 8th frame)", confidence, batch.frames, batch.positions, batch.face_ids,
+              batch.landmarks)
         if not len(positions):
             return
         landmarks, positions = torch.from_numpy(landmarks), torch.from_numpy(positions)
@@ -154,7 +155,7 @@ def keyframe_landmark_error(videos: list[Path], landmarker_model: Path, steps=(2
 
     from video_fer.faces import create_landmarker
     from video_fer.faces.keyframes import INTERPOLATED, KeyframeLandmarks, image_mode_twin
-    from video_fer.faces.types import box_iou
+    from video_fer.faces.boxes import box_iou
     from video_fer.video import VideoReader
 
     def run(video: Path, every: int):
@@ -214,7 +215,7 @@ def decode_only_fps(clip: Path, batch_size: int = 32) -> tuple[float, int]:
 
 
 def build_bundle(directory: Path, args) -> None:
-    from video_fer.bundle import random_bundle, save_bundle
+    from video_fer.track.bundle import random_bundle, save_bundle
 
     bundle = random_bundle(image_size=args.image_size, width=args.width, embedding_dim=args.embedding_dim,
                            attention_streams=args.streams, stream_width=args.stream_width,
@@ -272,9 +273,8 @@ def write_long_clip(path: Path, repeats: int) -> int:
 
 def memory_trace(command: list[str], interval: float = 0.5) -> tuple[float, int, list[tuple[float, float]]]:
     """Run a command, sampling its resident memory; ``(wall seconds, exit code, [(seconds, RSS MiB)])``."""
-    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, )
     samples = []
     while process.poll() is None:
         try:
@@ -347,7 +347,7 @@ def run_benchmarks(args, work: Path) -> int:
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
 
-    base = [sys.executable, "-m", "video_fer.cli_track", "track", "--model", str(bundle),
+    base = [sys.executable, "-m", "video_fer.cli", "track", "--model", str(bundle),
             "--landmarker-model", str(args.landmarker_model), "--no-progress"]
     from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY
 

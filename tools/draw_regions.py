@@ -15,19 +15,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+from video_fer.faces import create_landmarker
+from video_fer.faces.alignment import AlignmentSpec, align_faces
+from video_fer.io import atomic_path
+from video_fer.models import regions
 
-from video_fer.faces import create_landmarker  # noqa: E402
-from video_fer.faces.alignment import AlignmentSpec, align_faces  # noqa: E402
-from video_fer.io_utils import atomic_path  # noqa: E402
-from video_fer.models import regions  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_IMAGES = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg", "single_face.jpg")
 ACNN_STRIDE, ACNN_WINDOW = 8, 6

@@ -12,16 +12,14 @@ into video_fer/data/synthetic.py.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+from video_fer.data.synthetic import DEMO_PHOTOS, load_demo_photo
+from video_fer.faces.ibug68 import mediapipe_to_ibug68
 
-from video_fer.data.synthetic import DEMO_PHOTOS, load_demo_photo  # noqa: E402
-from video_fer.faces.ibug68 import mediapipe_to_ibug68  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def detect_mesh(model_path: Path, image: np.ndarray) -> np.ndarray:

@@ -18,27 +18,15 @@ video frames with the template points drawn.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from video_fer.faces.alignment import AlignmentSpec, align_faces, five_points, normalised_to_pixels
+from video_fer.faces.ibug68 import MIRROR_68
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
 
-from video_fer.faces.alignment import (  # noqa: E402
-    AlignmentSpec,
-    align_faces,
-    five_points,
-    normalised_to_pixels,
-)
-
-# iBUG-68 left/right mirror permutation (jaw, brows, nose bridge, nostrils, eyes, outer lips, inner lips).
-MIRROR_68 = np.array(
-    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
-    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65]
-)
 FRONTAL_IMAGES = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jpg", "multi_face.jpg")
 CROP_SIZE = 256
 FACE_EXTENT_PIXELS = 168  # largest side of the 68-point box; 168 < 216 - 40 leaves ~4 px margin each side

@@ -1,21 +1,35 @@
-"""video_fer: self-supervised facial action learning from video."""
+"""video_fer: self-supervised facial action learning from video.
+
+One wing per verb over shared floors (see docs/ARCHITECTURE.md): core modules (``errors``,
+``io``, ``config``, ``video``, ``runtime``, ``version``), ``faces/`` and ``models/``, then
+``data/`` (prepare), ``train/``, ``evaluate/``, ``track/`` and ``cli/``.
+
+The root stays cheap to import (no torch): the public calls below import their part on use.
+The per-frame tracker is ``video_fer.track.track`` (``video_fer.track`` is the wing itself).
+"""
 from video_fer.errors import VideoFerError
-
-__version__ = "0.1.0"
-
-
-def load_model(path):
-    """Load a model saved with :func:`video_fer.checkpoint.save_model` (``config.json`` + ``model.safetensors``)."""
-    from video_fer.checkpoint import load_model as _load_model
-
-    return _load_model(path)
+from video_fer.version import __version__
 
 
-def track(path, model, **settings):
-    """Per-frame AU / expression / valence-arousal table of one clip (see :func:`video_fer.tracks.track`)."""
-    from video_fer.tracks import track as _track
+def load_model(path, map_location="cpu"):
+    """Load a model saved with :func:`save_model` (``config.json`` + ``model.safetensors``); eval mode."""
+    from video_fer.models.checkpoint import load_model as load
 
-    return _track(path, model, **settings)
+    return load(path, map_location)
 
 
-__all__ = ["VideoFerError", "load_model", "track", "__version__"]
+def save_model(model, directory, extra=None):
+    """Write a registered model to ``directory`` (see :func:`video_fer.models.checkpoint.save_model`)."""
+    from video_fer.models.checkpoint import save_model as save
+
+    return save(model, directory, extra)
+
+
+def load_bundle(path, map_location="cpu"):
+    """Load a model bundle written by ``video-fer bundle`` (see :mod:`video_fer.track.bundle`)."""
+    from video_fer.track.bundle import load_bundle as load
+
+    return load(path, map_location)
+
+
+__all__ = ["VideoFerError", "__version__", "load_bundle", "load_model", "save_model"]

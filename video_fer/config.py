@@ -9,18 +9,17 @@ command line are parsed with ``yaml.safe_load``, so ``optim.lr=3e-4`` is a float
 Any key the schema does not know (in the file or on the command line) is a
 :class:`~video_fer.errors.ConfigError` that names the key and lists the valid ones.
 
-A field typed ``dict`` may carry ``metadata={"schema": "module:Class"}``: its valid
-keys and defaults then come from that dataclass (e.g. the model section takes the
-fields of :class:`video_fer.models.tae.TAEConfig`), imported only when a config is
-loaded so this module does not depend on the model.
+A field typed ``dict`` may carry ``metadata={"schema": SomeDataclass}``: its valid keys
+and defaults then come from that dataclass (e.g. a recipe's model section takes the fields
+of :class:`video_fer.models.tae.TAEConfig`); ``metadata={"free_keys": True}`` accepts any
+key. Each recipe keeps its schema at its top (``recipes/*.py``); shared sections such as
+:class:`video_fer.train.sections.OptimConfig` live in the package.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -29,11 +28,6 @@ import yaml
 from video_fer.errors import ConfigError
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-# --------------------------------------------------------------------------------------
-# Generic machinery
-# --------------------------------------------------------------------------------------
-
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"optim.lr=3e-4"`` -> ``("optim.lr", 0.0003)``; the value is parsed as YAML."""
@@ -54,14 +48,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _schema_class(spec: str):
-    module_name, _, class_name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):  # the schema's module is optional: accept any keys then
-        return None
-
-
 def defaults_tree(schema) -> dict[str, Any]:
     """The defaults of a dataclass schema as a nested dict (dict fields with a schema expanded)."""
     tree: dict[str, Any] = {}
@@ -79,9 +65,7 @@ def defaults_tree(schema) -> dict[str, Any]:
             value = None
         nested = spec.metadata.get("schema")
         if nested is not None:
-            nested_class = _schema_class(nested)
-            if nested_class is not None:
-                value = {**_jsonable(dataclasses.asdict(nested_class())), **(value or {})}
+            value = {**_jsonable(dataclasses.asdict(nested())), **(value or {})}
         tree[spec.name] = value
     return tree
 
@@ -96,13 +80,8 @@ def _jsonable(value):
 
 
 def _open_keys(schema) -> set[str]:
-    """Names of dict fields whose keys are free (no nested schema or the schema's module is absent)."""
-    names = set()
-    for spec in dataclasses.fields(schema):
-        nested = spec.metadata.get("schema")
-        if spec.metadata.get("free_keys") or (nested is not None and _schema_class(nested) is None):
-            names.add(spec.name)
-    return names
+    """Names of dict fields whose keys are free (``metadata={"free_keys": True}``)."""
+    return {spec.name for spec in dataclasses.fields(schema) if spec.metadata.get("free_keys")}
 
 
 def merge_into(tree: dict[str, Any], updates: Mapping[str, Any], schema=None, prefix: str = "") -> None:
@@ -166,17 +145,16 @@ def build(schema, tree: Mapping[str, Any]):
     return schema(**values)
 
 
-def load_config(path: str | Path | None, overrides: Iterable[str] = (), schema=None):
+def load_config(path: str | Path | None, overrides: Iterable[str] = (), *, schema):
     """Defaults of ``schema`` <- YAML file ``path`` <- ``overrides`` (``key.sub=value`` strings).
 
     Returns:
-        an instance of ``schema`` (default :class:`PretrainConfig`).
+        an instance of ``schema`` (a dataclass whose fields are the sections).
 
     Raises:
         ConfigError: unreadable file, unknown key (named, with the valid keys listed),
             wrong value type.
     """
-    schema = schema or PretrainConfig
     tree = defaults_tree(schema)
     if path is not None:
         path = Path(path)
@@ -206,92 +184,5 @@ def config_to_dict(config) -> dict[str, Any]:
     return _jsonable(dataclasses.asdict(config))
 
 
-# --------------------------------------------------------------------------------------
-# The pretraining schema (recipes/pretrain_video.py, recipes/configs/pretrain_tae.yaml)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class DataConfig:
-    """Where pairs come from. ``cache: null`` builds the embedded demo cache in the output dir."""
-
-    cache: str | None = None
-    gap: list | None = None  # [min, max] gap between the two frames; null = any gap inside the track
-    gap_unit: str = "frames"  # "frames" or "seconds"
-    pairs_per_epoch: int = 1024
-    val_fraction: float = 0.2  # share of identities held out for the validation loss
-    val_pairs: int = 64
-    num_workers: int = 1
-    augment: bool = True
-    demo_dir: str | None = None  # where the demo cache is built; null = <train.output_dir>/demo_cache
-    demo_frames_per_track: int = 24
-    demo_tracks_per_identity: int = 3
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and schedule. Reference: sgd lr 1e-3 momentum 0.9; ours: adamw."""
-
-    name: str = "adamw"  # "adamw" or "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # "cosine" (warmup + cosine), "plateau" (after the curriculum), "constant"
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.05
-    plateau_patience: int = 3  # epochs without validation improvement before the LR drops ("plateau")
-    plateau_factor: float = 0.5
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables
-
-
-@dataclass
-class LossConfig:
-    """Loss weights (keys of TAELossWeights) and the hard-sample curriculum."""
-
-    weights: dict = field(default_factory=dict, metadata={"schema": "video_fer.losses:TAELossWeights"})
-    curriculum: bool = False
-    curriculum_patience: int = 15  # epochs without validation improvement before the window moves
-    # [ours] the six embedding-consistency terms are off until this optimiser step, then ramp linearly to
-    # their weight over consistency_warmup_steps (0 and 0: the reference, always on); see losses.consistency_ramp
-    consistency_warmup_start: int = 0
-    consistency_warmup_steps: int = 0
-
-
-@dataclass
-class TrainConfig:
-    """The loop: size, precision, checkpoints, logging."""
-
-    output_dir: str = "runs/pretrain_tae"
-    seed: int = 0
-    batch_size: int = 16
-    epochs: int = 4
-    max_steps: int = 0  # 0: epochs decide
-    grad_accum_steps: int = 1
-    mixed_precision: str = "no"  # "no", "bf16", "fp16" (accelerate)
-    channels_last: bool = False
-    save_every: int = 50  # optimiser steps between accelerator.save_state
-    keep_checkpoints: int = 2
-    log_every: int = 5
-    image_every: int = 100  # steps between PNG grids (0 disables)
-    max_nonfinite_steps: int = 5
-    debug_nan_at_step: int = -1  # testing aid: make the loss NaN from this step on (-1 = never)
-    validate: bool = True
-
-
-@dataclass
-class PretrainConfig:
-    """Everything ``recipes/pretrain_video.py`` reads."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: dict = field(default_factory=lambda: {"image_size": 128},
-                        metadata={"schema": "video_fer.models.tae:TAEConfig"})
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-__all__ = [
-    "ConfigError", "DataConfig", "LossConfig", "OptimConfig", "PretrainConfig", "TrainConfig",
-    "build", "config_to_dict", "defaults_tree", "load_config", "merge_into", "parse_override", "set_dotted",
-]
+__all__ = ["ConfigError", "build", "config_to_dict", "defaults_tree", "load_config", "merge_into", "parse_override",
+           "set_dotted"]

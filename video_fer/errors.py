@@ -1,5 +1,7 @@
 """Exceptions raised by video_fer. Every message names the input at fault and what to do."""
 
+EXIT_ERROR = 2  # exit code of `video-fer` and the recipes when one of these ends them (one line on stderr)
+
 
 class VideoFerError(Exception):
     """Base class of every error video_fer raises on purpose."""
@@ -27,3 +29,7 @@ class CacheError(VideoFerError):
 
 class ConfigError(VideoFerError):
     """A configuration file or command-line override is invalid."""
+
+
+class CropMismatchError(ConfigError, CheckpointError):
+    """Face crops differ from what an encoder was trained on (side or alignment): a setting or a saved model at fault."""

@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from video_fer.errors import CacheError
-from video_fer.io_utils import atomic_write
+from video_fer.io import atomic_write
+from video_fer.version import __version__
 
 CACHE_FORMAT_VERSION = 1
 SETTINGS_FILE = "cache.json"
@@ -255,8 +256,6 @@ class CacheWriter:
             CacheError: the cache holds tracks made with a different value of one of
                 :data:`COMPARED_SETTINGS` (the message names it).
         """
-        from video_fer import __version__
-
         missing = [key for key in ("alignment", "landmarker", "size") if key not in settings]
         if missing:
             raise CacheError(f"{self.root}: cache settings need {missing}")

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 
 from video_fer.errors import LabelFileError
+from video_fer.faces.alignment import AlignmentSpec
 
 __all__ = [
     "RAFDB_EXPRESSIONS", "AFFECTNET_EXPRESSIONS", "FERPLUS_EXPRESSIONS", "ExpressionTable", "read_rafdb",
     "read_affectnet", "read_ferplus", "read_expression_folder", "read_expression_csv", "IMAGE_EXTENSIONS",
-    "SYNTHETIC_EXPRESSIONS", "EXPRESSION_ACTION_UNITS", "VALENCE_AROUSAL_WEIGHTS", "LabelledFaces",
+    "SYNTHETIC_EXPRESSIONS", "EXPRESSION_ACTION_UNITS", "VALENCE_AROUSAL_WEIGHTS", "LabelledFaceImages",
     "expression_intensities", "valence_arousal_from_intensities", "make_synthetic_expressions",
     "mask_face_half", "split_identities", "labelled_faces_from_table", "FaceLabelDataConfig", "FaceLabelData",
     "load_face_label_data",
@@ -526,7 +527,7 @@ def valence_arousal_from_intensities(intensities: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class LabelledFaces:
+class LabelledFaceImages:
     """Aligned faces with expression and/or valence/arousal labels, in memory (what the recipes train on).
 
     Attributes:
@@ -550,9 +551,9 @@ class LabelledFaces:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def select(self, rows) -> "LabelledFaces":
+    def select(self, rows) -> "LabelledFaceImages":
         rows = torch.as_tensor(np.asarray(rows))
-        return LabelledFaces(self.images[rows], self.landmarks[rows], self.labels[rows],
+        return LabelledFaceImages(self.images[rows], self.landmarks[rows], self.labels[rows],
                              self.valence_arousal[rows],
                              None if self.au_intensities is None else self.au_intensities[rows],
                              self.identities[rows.numpy()], self.class_names)
@@ -561,7 +562,7 @@ class LabelledFaces:
 def make_synthetic_expressions(faces: torch.Tensor, landmarks: torch.Tensor, identities: Sequence[str],
                                samples_per_face: int, seed: int = 0, motion_scale: float = 0.5,
                                intensity_range: tuple[float, float] = (0.5, 1.0), chunk: int = 256
-                               ) -> LabelledFaces:
+                               ) -> LabelledFaceImages:
     """Animate aligned faces into a balanced expression set with known labels and valence/arousal.
 
     Every face gets ``samples_per_face`` images, the classes cycling so each face shows
@@ -575,7 +576,7 @@ def make_synthetic_expressions(faces: torch.Tensor, landmarks: torch.Tensor, ide
         identities: ``F`` names (whose face it is; splits are made by these).
 
     Returns:
-        :class:`LabelledFaces` of ``F * samples_per_face`` images, face-major.
+        :class:`LabelledFaceImages` of ``F * samples_per_face`` images, face-major.
     """
     from video_fer.data.synthetic import HeadMotionRanges, animate_faces, sample_head_motion
 
@@ -603,7 +604,7 @@ def make_synthetic_expressions(faces: torch.Tensor, landmarks: torch.Tensor, ide
                                  landmarks[face_of[rows]].float())
         images.append((animated.target.clamp(0, 1) * 255).round().to(torch.uint8))
         moved_landmarks.append(animated.landmarks)
-    return LabelledFaces(torch.cat(images), torch.cat(moved_landmarks), labels,
+    return LabelledFaceImages(torch.cat(images), torch.cat(moved_landmarks), labels,
                                 valence_arousal_from_intensities(intensities), intensities,
                                 np.asarray(identities)[face_of.numpy()])
 
@@ -657,8 +658,8 @@ def split_identities(identities: Sequence[str], test_identities: Sequence[str] |
     return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
 
-def labelled_faces_from_table(table: ExpressionTable, size: int, landmarker_options=None, cache_dir=None
-                              ) -> tuple[LabelledFaces, np.ndarray, list[str]]:
+def labelled_faces_from_table(table: ExpressionTable, alignment: AlignmentSpec, landmarker_options=None,
+                              cache_dir=None) -> tuple[LabelledFaceImages, np.ndarray, list[str]]:
     """Align every image of ``table`` through the face front end (cached) and attach its labels.
 
     Dataset landmarks (AffectNet) are used where given; other images go through the
@@ -670,13 +671,12 @@ def labelled_faces_from_table(table: ExpressionTable, size: int, landmarker_opti
         reported by the caller).
     """
     from video_fer.data.face_images import align_image_files
-    from video_fer.faces.alignment import AlignmentSpec
 
     landmarks = table.landmarks if np.isfinite(table.landmarks).any() else None
-    found = align_image_files(table.sources, AlignmentSpec(size=size), "mediapipe", landmarker_options,
+    found = align_image_files(table.sources, alignment, "mediapipe", landmarker_options,
                               landmarks=landmarks, cache_dir=cache_dir)
     rows = found.image_index
-    return (LabelledFaces(found.crops, found.landmarks, torch.from_numpy(table.labels[rows]),
+    return (LabelledFaceImages(found.crops, found.landmarks, torch.from_numpy(table.labels[rows]),
                           torch.from_numpy(table.valence_arousal[rows]), None, table.subjects[rows],
                           table.class_names),
             rows, [str(table.sources[i]) for i in found.missing])
@@ -718,27 +718,47 @@ class FaceLabelData:
     Attributes:
         train, test: the two splits.
         info: JSON-ready description (identities per split, excluded rows, images without a face).
-        redraw_train: for synthetic data, ``redraw_train(epoch) -> LabelledFaces``: the training
+        redraw_train: for synthetic data, ``redraw_train(epoch) -> LabelledFaceImages``: the training
             faces animated afresh (new AU intensities and head motion, same identities), so a
             head cannot memorise the images; None for datasets.
     """
 
-    train: LabelledFaces
-    test: LabelledFaces
+    train: LabelledFaceImages
+    test: LabelledFaceImages
     info: dict
-    redraw_train: Callable[[int], LabelledFaces] | None = None
+    redraw_train: Callable[[int], LabelledFaceImages] | None = None
+
+    def keep(self, rows_of: Callable[[LabelledFaceImages], np.ndarray]) -> "FaceLabelData":
+        """The same data with only the rows ``rows_of(faces)`` picks in each split (redrawn faces too)."""
+        def select(faces: LabelledFaceImages) -> LabelledFaceImages:
+            return faces.select(rows_of(faces))
+
+        redraw = None if self.redraw_train is None else (lambda epoch: select(self.redraw_train(epoch)))
+        return FaceLabelData(select(self.train), select(self.test), self.info, redraw)
+
+    def train_for_epoch(self, epoch: int, redraw: bool = True) -> LabelledFaceImages:
+        """The training faces of ``epoch``: synthetic faces animated afresh for every epoch after the first
+        (with ``redraw``), else :attr:`train`. The latest redraw is kept, so a step loop may ask every step."""
+        if not redraw or self.redraw_train is None or epoch == 0:
+            return self.train
+        if getattr(self, "_redrawn_epoch", None) != epoch:
+            self._redrawn, self._redrawn_epoch = self.redraw_train(epoch), epoch
+        return self._redrawn
 
 
-def load_face_label_data(config: FaceLabelDataConfig, size: int, output_dir: str | os.PathLike,
+def load_face_label_data(config: FaceLabelDataConfig, alignment: AlignmentSpec, output_dir: str | os.PathLike,
                          seed: int = 0) -> FaceLabelData:
-    """Build the train and test splits of a recipe from its data section (see :class:`FaceLabelData`)."""
+    """Build the train and test splits of a recipe from its data section (see :class:`FaceLabelData`).
+
+    Every face is aligned with ``alignment``: the one the recipe's encoder was trained with.
+    """
     from video_fer.data.face_images import build_face_bank
 
     cache_dir = Path(config.cache_dir) if config.cache_dir else Path(output_dir) / "faces"
     options = {"model_path": config.landmarker_model} if config.landmarker_model else {}
     info: dict = {"kind": config.kind}
     if config.kind == "synthetic":
-        bank = build_face_bank(size, config.synthetic_images, config.synthetic_videos, config.frames_per_video,
+        bank = build_face_bank(alignment, config.synthetic_images, config.synthetic_videos, config.frames_per_video,
                                options, cache_dir=cache_dir)
         faces = make_synthetic_expressions(bank.crops, bank.landmarks, bank.identities, config.samples_per_face,
                                            seed=seed, motion_scale=config.motion_scale)
@@ -749,7 +769,7 @@ def load_face_label_data(config: FaceLabelDataConfig, size: int, output_dir: str
         train_views = np.flatnonzero(np.isin(np.asarray(bank.identities), info["train_identities"]))
         train_bank = (bank.crops[train_views], bank.landmarks[train_views], [bank.identities[i] for i in train_views])
 
-        def redraw_train(epoch: int) -> LabelledFaces:
+        def redraw_train(epoch: int) -> LabelledFaceImages:
             # Seeds never collide with the test set's (seed): epoch e draws from seed + 1 + e.
             return make_synthetic_expressions(*train_bank, config.samples_per_face, seed=seed + 1 + epoch,
                                               motion_scale=config.motion_scale)
@@ -773,7 +793,7 @@ def load_face_label_data(config: FaceLabelDataConfig, size: int, output_dir: str
     else:
         raise LabelFileError(f"data.kind={config.kind!r}: choose synthetic, rafdb, affectnet, ferplus, folder or csv")
     info["excluded"] = table.excluded
-    faces, rows, missing = labelled_faces_from_table(table, size, options, cache_dir)
+    faces, rows, missing = labelled_faces_from_table(table, alignment, options, cache_dir)
     info["no_face"] = missing
     row_splits = table.splits[rows]
     if (row_splits == config.test_split).any():

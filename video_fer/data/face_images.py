@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from video_fer.errors import LabelFileError
+from video_fer.faces.ibug68 import MIRROR_68
 from video_fer.faces.alignment import AlignmentSpec, align_faces
-from video_fer.io_utils import atomic_path
+from video_fer.io import atomic_path
 
 __all__ = ["AlignedFaceImages", "FaceBank", "align_face_arrays", "align_image_files", "build_face_bank", "load_image",
            "video_frames"]
@@ -220,7 +221,7 @@ class FaceBank:
     identities: list[str]
 
 
-def build_face_bank(size: int, image_paths: Sequence[str | os.PathLike] = (),
+def build_face_bank(alignment: AlignmentSpec, image_paths: Sequence[str | os.PathLike] = (),
                     video_paths: Sequence[str | os.PathLike] = (), frames_per_video: int = 4,
                     landmarker_options: Mapping[str, Any] | None = None, demo_photos: bool = True,
                     mirrored: bool = True, cache_dir: str | os.PathLike | None = None) -> FaceBank:
@@ -232,14 +233,15 @@ def build_face_bank(size: int, image_paths: Sequence[str | os.PathLike] = (),
       only the largest face of each frame).
 
     ``mirrored`` adds the mirror image of every face (same identity). Images and frames go
-    through MediaPipe in IMAGE mode (``landmarker_options``, e.g. ``{"model_path": ...}``).
+    through MediaPipe in IMAGE mode (``landmarker_options``, e.g. ``{"model_path": ...}``) and are
+    aligned with ``alignment`` (an :class:`~video_fer.faces.alignment.AlignmentSpec`).
     """
-    from video_fer.data.synthetic import MIRROR_68, demo_faces
+    from video_fer.data.synthetic import demo_faces
 
-    spec = AlignmentSpec(size=size)
+    spec, size = alignment, alignment.size
     crops, points, identities = [], [], []
     if demo_photos:
-        demo = demo_faces(size, mirrored=mirrored)
+        demo = demo_faces(size, mirrored=mirrored, alignment=spec)
         crops.append(demo.crops)
         points.append(demo.landmarks)
         identities += demo.identities

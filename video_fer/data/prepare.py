@@ -4,13 +4,13 @@ Per video, in bounded memory: frames are decoded in batches (optionally subsampl
 target fps by timestamp), the landmarker finds the faces of each batch, the incremental
 :class:`~video_fer.faces.tracking.FaceTracker` links them into tracks, all faces of the
 batch are aligned by one batched kornia warp (of per-face source windows, not whole
-frames), and each crop goes straight into its track's open mp4 encoder. A track's temp
+frames: :mod:`video_fer.faces.crops`), and each crop goes straight into its track's open mp4 encoder. A track's temp
 files are renamed into place when the track ends; the video's manifest is written after
 its last track, so an interrupted run leaves no half track in the index and a rerun skips
 every video that has a manifest.
 
-Inputs are files, folders (searched recursively for :data:`~video_fer.video.VIDEO_EXTENSIONS`)
-or ``.txt`` lists of paths; the sorted list is split into shards by taking every n-th
+Inputs (:mod:`video_fer.data.inputs`) are files, folders (searched recursively) or ``.txt``
+lists of paths; the sorted list is split into shards by taking every n-th
 video, so ``--shard i/n`` on n machines covers it exactly once. ``workers`` processes
 share a shard's videos; each owns its landmarker.
 """
@@ -18,160 +18,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import itertools
 import multiprocessing
 import os
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from video_fer.data.cache import CacheWriter, TrackVideoWriter, track_row
+from video_fer.data.inputs import VideoInput, expand_inputs, select_shard
 from video_fer.errors import ConfigError, LabelFileError, VideoReadError
+from video_fer.faces.crops import align_in_regions
+from video_fer.runtime import torch_threads
 
 # Default shortest track: half a second of processed frames, at least 2 (a pair). Shorter ones
 # are mostly detector flicker; a fixed frame count would drop most tracks at --fps 1.
 DEFAULT_MIN_TRACK_SECONDS = 0.5
 DEFAULT_BATCH_SIZE = 32
 STAGES = ("decode", "landmarks", "tracking", "align", "encode")
-_MAX_KEY_CHARS = 160
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs: expansion, keys, identities, shards
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VideoInput:
-    """One input video.
-
-    Attributes:
-        path: the file as given (absolute or relative to the working directory).
-        relative: its path relative to the input root that found it (the folder given, the
-            folder of the ``.txt`` list, or just the file name).
-        key: unique, file-name safe name of its manifest and the prefix of its track ids.
-        identity: whose face it shows, from the folder layout (``<identity>/<video>`` or
-            VoxCeleb's ``<identity>/<clip>/<video>``: the first folder level), else the file stem.
-    """
-
-    path: Path
-    relative: Path
-    key: str
-    identity: str
-
-
-def _video_suffixes() -> tuple[str, ...]:
-    from video_fer.video import VIDEO_EXTENSIONS
-
-    return tuple(suffix.lower() for suffix in VIDEO_EXTENSIONS)
-
-
-def _read_list_file(list_file: Path) -> Iterator[tuple[Path, Path]]:
-    """(path, relative) of each line of a ``.txt`` list; blank lines and ``#`` comments are ignored."""
-    try:
-        lines = list_file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{list_file}: cannot read the list of videos ({error})") from None
-    for line in lines:
-        entry = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-        if entry:
-            written = Path(entry).expanduser()
-            path = written if written.is_absolute() else list_file.parent / written
-            yield path, (Path(written.name) if written.is_absolute() else written)
-
-
-def _found_videos(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[Path, Path]]:
-    suffixes = _video_suffixes()
-    for item in inputs:
-        item = Path(item).expanduser()
-        if item.is_dir():
-            for path in sorted(item.rglob("*")):
-                relative = path.relative_to(item)
-                hidden = any(part.startswith(".") for part in relative.parts)
-                if path.suffix.lower() in suffixes and path.is_file() and not hidden:
-                    yield path, relative
-        elif item.suffix.lower() == ".txt" and item.is_file():
-            yield from _read_list_file(item)
-        elif item.is_file():
-            yield item, Path(item.name)
-        else:
-            raise ConfigError(f"{item}: no such file or folder; give video files, folders of videos or a .txt list")
-
-
-def _sanitise(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+=-]", "_", text).lstrip(".") or "video"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-def video_identity(relative: Path) -> str:
-    """First folder of the path relative to its input root, else the file stem."""
-    return relative.parts[0] if len(relative.parts) >= 2 else relative.stem
-
-
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[VideoInput]:
-    """Files, folders and ``.txt`` lists -> sorted, de-duplicated :class:`VideoInput` list.
-
-    Relative paths inside a ``.txt`` list are relative to the list's folder.
-
-    Order is by relative path (identical on every machine given the same inputs), so
-    shards agree. Keys are the relative path without suffix, ``/`` -> ``__``; clashes
-    (``a.mp4`` and ``a.mov``) get the suffix, then a hash.
-
-    Raises:
-        ConfigError: an input does not exist, or no video was found.
-    """
-    seen: dict[str, tuple[Path, Path]] = {}
-    for path, relative in _found_videos(inputs):
-        seen.setdefault(str(path.resolve()), (path, relative))  # the same file given twice counts once
-    if not seen:
-        raise ConfigError(f"{', '.join(map(str, inputs)) or '(no input)'}: no video found; "
-                          f"looked for files ending in {', '.join(_video_suffixes())}")
-    # Order and clash hashes use the paths as given (not resolved), so every machine that runs
-    # the same command agrees even when its mount points differ.
-    ordered = sorted(((str(path), (path, relative)) for path, relative in seen.values()),
-                     key=lambda item: (item[1][1].as_posix(), item[0]))
-
-    def base_key(relative: Path) -> str:
-        return "__".join(_sanitise(part) for part in relative.with_suffix("").parts)
-
-    counts = defaultdict(int)
-    for _, (_, relative) in ordered:
-        counts[base_key(relative)] += 1
-    keys_used: set[str] = set()
-    videos = []
-    for given, (path, relative) in ordered:
-        key = base_key(relative)
-        if counts[key] > 1:
-            key = f"{key}_{_sanitise(relative.suffix.lstrip('.'))}"
-        if key in keys_used or len(key) > _MAX_KEY_CHARS:
-            key = f"{key[:_MAX_KEY_CHARS]}_{_digest(given)}"
-        keys_used.add(key)
-        videos.append(VideoInput(path=path, relative=relative, key=key, identity=video_identity(relative)))
-    return videos
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4 for the first of 4 machines")
-    return int(match.group(1)), int(match.group(2))
-
-
-def select_shard(videos: Sequence[VideoInput], shard: tuple[int, int]) -> list[VideoInput]:
-    """Every n-th video starting at i: shards 0..n-1 partition the sorted list."""
-    index, count = shard
-    if not 0 <= index < count:
-        raise ConfigError(f"shard {index}/{count}: need 0 <= i < n")
-    return list(videos[index::count])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,76 +178,6 @@ def _faces_to_arrays(per_frame_faces: Sequence[Sequence[Any]]) -> tuple[np.ndarr
     if not faces:
         return np.zeros(0, np.int64), np.zeros((0, 68, 2), np.float32), []
     return np.asarray(positions, np.int64), np.stack(landmarks), faces
-
-
-def crop_regions(spec, landmarks: torch.Tensor, frame_height: int, frame_width: int, margin: int = 2) -> torch.Tensor:
-    """Integer source windows that hold everything each face's aligned crop samples.
-
-    Args:
-        spec: the :class:`~video_fer.faces.alignment.AlignmentSpec`.
-        landmarks: float32 ``(B, 68, 2)`` source pixels.
-        margin: extra pixels for the bilinear neighbours.
-
-    Returns:
-        int64 ``(B, 4)`` windows ``x0, y0, x1, y1`` (exclusive ends), clipped to the frame.
-    """
-    from video_fer.faces.alignment import apply_affine, five_points, invert_affine, similarity_from_points
-
-    matrices = similarity_from_points(five_points(landmarks), spec.template_pixels(), torch.tensor(spec.point_weights))
-    edge = spec.size - 0.5
-    corners = torch.tensor([[-0.5, -0.5], [edge, -0.5], [-0.5, edge], [edge, edge]]).expand(len(landmarks), 4, 2)
-    source_corners = apply_affine(invert_affine(matrices), corners)  # (B, 4, 2) where the crop's corners come from
-    low = torch.floor(source_corners.amin(1)).long() - margin
-    high = torch.ceil(source_corners.amax(1)).long() + margin + 1
-    limit = torch.tensor([frame_width, frame_height])
-    low = torch.minimum(low.clamp(min=0), limit)
-    high = torch.maximum(torch.minimum(high, limit), low)
-    return torch.cat([low, high], 1)
-
-
-def gather_regions(frames: torch.Tensor, frame_position: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Cut one window per face out of its frame, padded with zeros to the largest window.
-
-    Args:
-        frames: uint8 ``(T, H, W, 3)``; frame_position: int64 ``(B,)`` frame of each face;
-        regions: int64 ``(B, 4)`` windows from :func:`crop_regions`.
-
-    Returns:
-        uint8 ``(B, h, w, 3)``: window b at the top-left, zeros elsewhere (zeros are what
-        the warp's zero padding would have sampled there: those pixels lie outside the frame).
-    """
-    sizes = regions[:, 2:] - regions[:, :2]  # (B, 2) width, height
-    width, height = max(int(sizes[:, 0].max()), 1), max(int(sizes[:, 1].max()), 1)
-    windows = torch.zeros((len(regions), height, width, 3), dtype=torch.uint8)
-    # One strided copy per face: windows differ in size, and this is ~50x faster than an
-    # advanced-indexing gather of the same pixels (measured on 32 faces of 640x360 frames).
-    for face, (x0, y0, x1, y1) in enumerate(regions.tolist()):
-        windows[face, :y1 - y0, :x1 - x0] = frames[int(frame_position[face]), y0:y1, x0:x1]
-    return windows
-
-
-def align_in_regions(frames: torch.Tensor, landmarks: torch.Tensor, frame_position: torch.Tensor, spec,
-                     padding_mode: str = "zeros"):
-    """:func:`~video_fer.faces.alignment.align_faces` on per-face source windows instead of whole frames.
-
-    Only the window each crop samples is converted to float and warped (a face crop needs a
-    few percent of a 1080p frame), and the matrices are moved back to source pixels; the
-    result equals ``align_faces(frames, landmarks, spec, frame_index=frame_position)`` to
-    float rounding for ``padding_mode="zeros"``.
-
-    Returns:
-        ``(crops uint8 (B, S, S, 3), matrices float32 (B, 2, 3) source -> crop, landmarks (B, 68, 2) in the crop)``.
-    """
-    from video_fer.faces.alignment import align_faces
-
-    regions = crop_regions(spec, landmarks, frames.shape[1], frames.shape[2])
-    windows = gather_regions(frames, frame_position, regions)
-    offsets = regions[:, :2].float()  # (B, 2) window origin in source pixels
-    aligned = align_faces(windows, landmarks - offsets[:, None, :], spec, padding_mode=padding_mode)
-    linear = aligned.matrices[..., :2]
-    translation = aligned.matrices[..., 2] - (linear @ offsets[..., None])[..., 0]  # window -> source coordinates
-    matrices = torch.cat([linear, translation[..., None]], -1)
-    return aligned.crops.permute(0, 2, 3, 1).contiguous(), matrices, aligned.landmarks
 
 
 @dataclass
@@ -610,17 +408,6 @@ def _create_landmarker(name: str, options: Mapping[str, Any] | None):
 
 
 _WORKER_STATE: dict[str, Any] = {}
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run torch ops with ``count`` intra-op threads, restoring the previous setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(count)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _init_worker(out: str, landmarker: str, landmarker_options: dict, config: PrepareConfig, threads: int) -> None:

@@ -41,19 +41,12 @@ import torch.nn.functional as F
 
 from video_fer.errors import VideoFerError
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68, normalised_to_pixels
+from video_fer.faces.ibug68 import MIRROR_68
 from video_fer.models.warp import identity_grid
 
 
 class SyntheticInputError(VideoFerError, ValueError):
     """Inputs of the synthetic face animation have the wrong shape or values."""
-
-
-# iBUG-68 left/right mirror permutation: index i on one side <-> MIRROR_68[i] on the other.
-MIRROR_68 = np.array(
-    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
-    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65]
-)
 
 
 @dataclass(frozen=True)
@@ -466,7 +459,7 @@ class DemoFaces:
     margin: float
 
 
-def demo_faces(size: int = 128, margin: float = 1.25, mirrored: bool = True) -> DemoFaces:
+def demo_faces(size: int = 128, margin: float = 1.25, mirrored: bool = True, alignment=None) -> DemoFaces:
     """Align the demo photos (and their mirror images) with the cache's alignment, batched.
 
     Returns:
@@ -474,7 +467,8 @@ def demo_faces(size: int = 128, margin: float = 1.25, mirrored: bool = True) -> 
     """
     from video_fer.faces.alignment import AlignmentSpec, align_faces
 
-    spec = AlignmentSpec(size=size)
+    spec = alignment if alignment is not None else AlignmentSpec(size=size)
+    size = spec.size
     canvas_size = size + 2 * round(size * (margin - 1) / 2)
     offset = (canvas_size - size) // 2
     # Same face placement in a bigger square: template u -> (u S + offset) / M.

@@ -1,8 +1,11 @@
 """Faces: landmarker backends behind one protocol (MediaPipe, face-alignment FAN, precomputed files).
 
 Backends are imported only when created, so ``import video_fer.faces`` stays cheap and works
-without mediapipe / face-alignment installed. Tracking and alignment live in
-``video_fer.faces.tracking`` and ``video_fer.faces.alignment`` (import them directly).
+without mediapipe / face-alignment installed. The other modules (import them directly):
+``types`` (Face, Landmarker), ``ibug68`` (every iBUG-68 index table), ``boxes``, ``detection``
+(face detector scores), ``keyframes``, ``tracking`` (stable face ids), ``alignment``
+(AlignmentSpec, similarity alignment), ``crops`` (crop geometry: exact and fast crops),
+``head_pose``, ``model_files``.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from video_fer.errors import ConfigError, VideoFerError
+from video_fer.errors import ConfigError, CropMismatchError, VideoFerError
+from video_fer.faces.ibug68 import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP, RIGHT_EYE, span
 
 
 class AlignmentInputError(VideoFerError, ValueError):
@@ -62,12 +63,6 @@ CANONICAL_LANDMARKS_68 = np.array(
 )
 CANONICAL_LANDMARKS_68.setflags(write=False)
 
-# iBUG-68 index groups that define the five alignment points.
-LEFT_EYE = slice(36, 42)  # the eye on the image's left (the subject's right eye)
-RIGHT_EYE = slice(42, 48)
-NOSE_TIP_INDEX = 30
-MOUTH_LEFT_INDEX = 48
-MOUTH_RIGHT_INDEX = 54
 FIVE_POINT_NAMES = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
 
 # Each eye weighs 8x the nose tip and each mouth corner: smiles and speech move the mouth
@@ -91,10 +86,10 @@ def five_points(landmarks68):
     """
     if landmarks68.shape[-2:] != (68, 2):
         raise AlignmentInputError(f"landmarks68: expected shape (..., 68, 2), got {tuple(landmarks68.shape)}")
-    left_eye = landmarks68[..., LEFT_EYE, :].mean(-2)
-    right_eye = landmarks68[..., RIGHT_EYE, :].mean(-2)
-    points = [left_eye, right_eye, landmarks68[..., NOSE_TIP_INDEX, :],
-              landmarks68[..., MOUTH_LEFT_INDEX, :], landmarks68[..., MOUTH_RIGHT_INDEX, :]]
+    left_eye = landmarks68[..., span(LEFT_EYE), :].mean(-2)
+    right_eye = landmarks68[..., span(RIGHT_EYE), :].mean(-2)
+    points = [left_eye, right_eye, landmarks68[..., NOSE_TIP, :],
+              landmarks68[..., MOUTH_LEFT, :], landmarks68[..., MOUTH_RIGHT, :]]
     if isinstance(landmarks68, torch.Tensor):
         return torch.stack(points, dim=-2)
     return np.stack(points, axis=-2)
@@ -175,6 +170,31 @@ class AlignmentSpec:
             template_points=tuple(tuple(p) for p in data["template_points"]),
             point_weights=tuple(data["point_weights"]),
         )
+
+
+def check_encoder_crops(crops: "AlignmentSpec | int", encoder: "AlignmentSpec | int", where: str) -> None:
+    """Crops must be what the encoder was trained on: the same side and, when both are known, the same template.
+
+    The one check of "crop side = encoder side" (pretraining cache, fine-tuning data, bundles).
+
+    Args:
+        crops: the alignment (or just the side in pixels) of the faces about to be encoded.
+        encoder: the alignment the encoder recorded at export, or its input side in pixels.
+        where: the input or setting at fault, named first in the message.
+
+    Raises:
+        CropMismatchError: (a ConfigError and a CheckpointError) ``"<where>: crops of A px but the encoder takes B px; ..."`` or
+            ``"<where>: crops aligned differently from the encoder's ..."``.
+    """
+    crop_size = crops.size if isinstance(crops, AlignmentSpec) else int(crops)
+    encoder_size = encoder.size if isinstance(encoder, AlignmentSpec) else int(encoder)
+    if crop_size != encoder_size:
+        raise CropMismatchError(f"{where}: crops of {crop_size} px but the encoder takes {encoder_size} px; align the faces "
+                          f"at {encoder_size} px (`video-fer prepare --size {encoder_size}`, model.image_size="
+                          f"{encoder_size}) or use an encoder trained on {crop_size} px crops")
+    if isinstance(crops, AlignmentSpec) and isinstance(encoder, AlignmentSpec) and crops != encoder:
+        raise CropMismatchError(f"{where}: crops aligned differently from the encoder's ({crops.to_dict()} vs "
+                          f"{encoder.to_dict()}); prepare the faces with the encoder's alignment")
 
 
 @dataclass

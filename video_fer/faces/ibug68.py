@@ -1,8 +1,13 @@
-"""MediaPipe face mesh (478 vertices) -> iBUG-68 landmarks.
+"""The iBUG-68 landmark scheme: index groups, the left/right mirror, and MediaPipe's mesh -> iBUG-68.
 
-Each iBUG point is one mesh vertex or the mean of two neighbouring vertices (where no single
-vertex sits where the iBUG annotation puts the point). "Right"/"left" are the subject's: on an
-unmirrored frontal image the subject's right side is on the image left. Checked visually on
+Every table of iBUG-68 indices lives here (0-based). Groups are named by the side of the
+*image* they sit on for an unmirrored frontal face: ``LEFT_EYE`` (36-41) is on the image's
+left, which is the subject's right eye.
+
+MediaPipe mesh -> iBUG-68: each iBUG point is one mesh vertex or the mean of two neighbouring
+vertices (where no single vertex sits where the iBUG annotation puts the point). In the comments
+of that table "right"/"left" are the subject's: on an unmirrored frontal image the subject's
+right side is on the image left. Checked visually on
 shared/data/images/single_face.jpg and 0-f15-hao-ph.jpg (numbers drawn on the points).
 """
 from __future__ import annotations
@@ -10,6 +15,35 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# ---------------------------------------------------------------------------------- index groups
+JAW = tuple(range(0, 17))
+LEFT_BROW = tuple(range(17, 22))  # on the image's left (the subject's right)
+RIGHT_BROW = tuple(range(22, 27))
+NOSE = tuple(range(27, 36))  # bridge 27-30 (tip at 30) and nostrils 31-35
+LEFT_EYE = tuple(range(36, 42))  # on the image's left (the subject's right eye)
+RIGHT_EYE = tuple(range(42, 48))
+MOUTH = tuple(range(48, 68))  # outer lips 48-59, inner lips 60-67
+NOSE_TIP = 30
+MOUTH_LEFT = 48  # mouth corner on the image's left
+MOUTH_RIGHT = 54
+
+# Left/right mirror permutation: point i of a face is point MIRROR_68[i] of its mirror image
+# (jaw, brows, nose bridge, nostrils, eyes, outer lips, inner lips).
+MIRROR_68 = np.array(
+    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
+    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65]
+)
+
+
+def span(group: tuple[int, ...]) -> slice:
+    """A contiguous group as a slice (indexing with it gives a view, not a copy): ``LEFT_EYE`` -> ``slice(36, 42)``."""
+    if list(group) != list(range(group[0], group[-1] + 1)):
+        raise ValueError(f"span: {group} is not contiguous")
+    return slice(group[0], group[-1] + 1)
+
+
+# ---------------------------------------------------------------------------------- MediaPipe mesh -> iBUG-68
 # fmt: off
 MEDIAPIPE_TO_IBUG68: tuple[tuple[int, ...], ...] = (
     # jaw 0-16: from the subject's right ear (image left) down the jawline, chin at 8, up to the left ear;

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from video_fer.errors import ConfigError
-from video_fer.faces.types import Face, box_iou
+from video_fer.faces.boxes import box_iou
+from video_fer.faces.types import Face
 
 if TYPE_CHECKING:
     import torch

@@ -27,7 +27,8 @@ import numpy as np
 from video_fer.errors import ModelFileError
 from video_fer.faces.ibug68 import mediapipe_to_ibug68
 from video_fer.faces.model_files import MEDIAPIPE_FACE_LANDMARKER, resolve_model_file
-from video_fer.faces.types import Face, box_iou, boxes_from_points
+from video_fer.faces.boxes import box_iou, boxes_from_points
+from video_fer.faces.types import Face
 
 _DETECTOR_IN_BUNDLE = "face_detector.tflite"  # the .task bundle is a zip; its detector gives per-face scores
 _SCORE_MATCH_IOU = 0.3  # detection box vs landmark box overlap to take the detection's score

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from video_fer.errors import ModelFileError
-from video_fer.io_utils import atomic_path
+from video_fer.io import atomic_path
 
 CACHE_ENV = "VIDEO_FER_CACHE"
 DOWNLOAD_TIMEOUT_SECONDS = 30.0

@@ -22,8 +22,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from video_fer.errors import LabelFileError
-from video_fer.faces.types import Face, boxes_from_points
-from video_fer.io_utils import atomic_path, atomic_write
+from video_fer.faces.boxes import boxes_from_points
+from video_fer.faces.types import Face
+from video_fer.io import atomic_path, atomic_write
 
 LANDMARK_FILE_SUFFIXES = (".csv", ".npz")
 _POINT_COLUMNS = [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]

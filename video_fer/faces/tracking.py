@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from video_fer.errors import VideoFerError
+from video_fer.faces.boxes import box_iou, box_size
 
 
 class TrackingInputError(VideoFerError, ValueError):
@@ -163,22 +164,6 @@ def _face_arrays(face: Any, frame_index: int, position: int) -> _FaceArrays:
     if blendshapes is not None:
         blendshapes = np.asarray(blendshapes, dtype=np.float32).reshape(-1)
     return _FaceArrays(box, score, landmarks, blendshapes)
-
-
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every pair of boxes: ``(A, 4), (B, 4) -> (A, B)``."""
-    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    intersection = np.clip(bottom_right - top_left, 0, None).prod(-1)
-    area_a = np.clip(boxes_a[:, 2:] - boxes_a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(boxes_b[:, 2:] - boxes_b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - intersection
-    return np.where(union > 0, intersection / np.maximum(union, 1e-12), 0.0)
-
-
-def box_size(boxes: np.ndarray) -> np.ndarray:
-    """Face size ``sqrt(w * h)`` of boxes ``(N, 4)`` -> ``(N,)`` (at least 1 px)."""
-    return np.sqrt(np.clip(boxes[:, 2:] - boxes[:, :2], 1.0, None).prod(-1))
 
 
 def normalised_landmark_distance(landmarks_a: np.ndarray, boxes_a: np.ndarray, landmarks_b: np.ndarray) -> np.ndarray:

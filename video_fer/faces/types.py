@@ -50,21 +50,3 @@ class Landmarker(Protocol):
 
     def close(self) -> None:
         """Release models and native resources."""
-
-
-def boxes_from_points(points: np.ndarray, padding: float = 0.0) -> np.ndarray:
-    """Landmark extent as boxes: ``(F, N, 2)`` -> float32 ``(F, 4)`` x0, y0, x1, y1, grown by ``padding`` x size per side."""
-    lower = points.min(axis=1)
-    upper = points.max(axis=1)
-    margin = (upper - lower) * padding
-    return np.concatenate([lower - margin, upper + margin], axis=1).astype(np.float32)
-
-
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every pair: ``(A, 4)``, ``(B, 4)`` -> ``(A, B)``."""
-    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    intersection = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = (boxes_a[:, 2:] - boxes_a[:, :2]).clip(0).prod(axis=1)
-    area_b = (boxes_b[:, 2:] - boxes_b[:, :2]).clip(0).prod(axis=1)
-    return intersection / np.maximum(area_a[:, None] + area_b[None, :] - intersection, 1e-9)

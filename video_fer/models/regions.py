@@ -25,22 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from video_fer.errors import VideoFerError
+from video_fer.faces.ibug68 import (LEFT_BROW, LEFT_EYE, MOUTH, MOUTH_LEFT, MOUTH_RIGHT, NOSE, NOSE_TIP, RIGHT_BROW,
+                                    RIGHT_EYE)
 
 
 class RegionInputError(VideoFerError, ValueError):
     """Landmarks, points, boxes or images given to the region functions have the wrong shape or values."""
 
-
-# --------------------------------------------------------------------------------------
-# Landmark groups (0-based iBUG-68 indices)
-# --------------------------------------------------------------------------------------
-JAW = tuple(range(0, 17))
-LEFT_BROW = tuple(range(17, 22))  # on the image's left (the subject's right)
-RIGHT_BROW = tuple(range(22, 27))
-NOSE = tuple(range(27, 36))
-LEFT_EYE = tuple(range(36, 42))
-RIGHT_EYE = tuple(range(42, 48))
-MOUTH = tuple(range(48, 68))
 
 # ACNN (Li et al., TIP 2019) 24 points. The paper lists its 16 landmarks 1-based as
 # 19, 22, 23, 26 (brows), 39, 37, 44, 46 (eyes), 28, 30 (nose), 49, 51, 53, 55, 59, 57
@@ -68,7 +59,7 @@ RAN_FIXED_CROPS = (
 
 # [ours] RAN landmark-centred crops: the five alignment points (eye centres, nose tip,
 # mouth corners), each the centre of a square crop.
-RAN_LANDMARK_GROUPS = (LEFT_EYE, RIGHT_EYE, (30,), (48,), (54,))
+RAN_LANDMARK_GROUPS = (LEFT_EYE, RIGHT_EYE, (NOSE_TIP,), (MOUTH_LEFT,), (MOUTH_RIGHT,))
 
 # Prior attention (2022): eyes + eyebrows in one block, the mouth in another.
 PRIOR_ATTENTION_GROUPS = (LEFT_BROW + RIGHT_BROW + LEFT_EYE + RIGHT_EYE, MOUTH)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from video_fer.checkpoint import register_architecture
+from video_fer.models.registry import register_architecture
 from video_fer.models.warp import fuse_flows, warp
 
 LEAKY_SLOPE = 0.2

@@ -1,0 +1,122 @@
+"""``video-fer track`` and ``video-fer bundle`` (registered into the main parser by :func:`register`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from video_fer.cli.args import key_value, landmarker_options, non_negative_int, positive_int
+from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY
+
+
+def add_track_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "track", help="clips -> per-frame AU / expression / valence-arousal / head-pose tables",
+        description="Track faces through clips and write one table per clip (a row per frame and face, "
+                    "success=0 rows for frames without a face). Inputs: files, folders, .txt lists.")
+    parser.add_argument("inputs", nargs="+", metavar="CLIP", help="video files, folders or .txt lists of paths")
+    parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle directory (video-fer bundle)")
+    parser.add_argument("-o", "--out", metavar="OUT",
+                        help="output folder (default ./processed), or the table's file name for a single clip")
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (parquet needs pyarrow)")
+    parser.add_argument("--every", type=positive_int, default=1, help="process every N-th frame")
+    parser.add_argument("--start", type=non_negative_int, default=0, help="first frame")
+    parser.add_argument("--end", type=positive_int, default=None, help="stop before this frame")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="frames per step (default 32)")
+    parser.add_argument("--plot", action="store_true", help="also write <table>.png (AUs, expression, VA over time)")
+    parser.add_argument("--video-out", action="store_true", help="also write <table>.annotated.mp4")
+    parser.add_argument("--landmarker", choices=("mediapipe", "fan", "precomputed"), default="mediapipe")
+    parser.add_argument("--landmarker-model", metavar="PATH", help="local landmarker model file (face_landmarker.task)")
+    parser.add_argument("--max-faces", type=positive_int, default=None, help="most faces per frame (default 4)")
+    parser.add_argument("--landmarker-option", type=key_value, action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE", help="extra landmarker options, e.g. detector_scores=false")
+    parser.add_argument("--confidence-every", type=non_negative_int, default=8, metavar="N",
+                        help="run MediaPipe's face detector for the confidence column on every N-th frame and where "
+                             "a face appears (default 8); 0 = the landmarker's own scores "
+                             "(--landmarker-option detector_scores=true: the detector on every frame)")
+    parser.add_argument("--landmark-every", type=positive_int, default=DEFAULT_LANDMARK_EVERY, metavar="K",
+                        help="run the landmarker on every K-th processed frame and interpolate the landmarks in "
+                             f"between (default {DEFAULT_LANDMARK_EVERY}; frames between keyframes that disagree "
+                             "on the faces are landmarked one by one); 1 = landmarks on every frame")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="network arithmetic: bfloat16 is ~2x faster on CPUs with native bfloat16 "
+                             "(AVX512-BF16, AMX); outputs move by ~1e-3")
+    parser.add_argument("--exact-alignment", action="store_true",
+                        help="crop exactly as `prepare` does (full-resolution anti-aliasing; slower at 128 px)")
+    parser.add_argument("--no-pipeline", action="store_true", help="landmarks and network in one thread")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_track)
+
+
+def run_track(args: argparse.Namespace) -> int:
+    import atexit
+    import gc
+
+    from video_fer.runtime import long_lived_allocations
+
+    with long_lived_allocations():  # torch's import makes ~1M objects that live to the end
+        from video_fer.track.run import track_files
+        from video_fer.track.settings import DEFAULT_BATCH_SIZE, TrackSettings
+    # At exit, skip the collector's passes over everything still alive: the process is ending
+    # (~0.7 s of interpreter teardown with torch loaded; the tables are closed before this).
+    atexit.unregister(gc.freeze)  # once, however often run_track is called in one process
+    atexit.register(gc.freeze)
+
+    options = landmarker_options(args.landmarker_option)
+    if args.landmarker_model:
+        options["model_path"] = args.landmarker_model
+    if args.max_faces:
+        options["num_faces"] = args.max_faces
+    settings = TrackSettings(every=args.every, start=args.start, end=args.end,
+                             batch_size=args.batch_size or DEFAULT_BATCH_SIZE, landmarker=args.landmarker,
+                             landmarker_options=options, pipelined=not args.no_pipeline,
+                             exact_alignment=args.exact_alignment, confidence_every=args.confidence_every,
+                             landmark_every=args.landmark_every, precision=args.precision)
+    summary = track_files(args.inputs, args.model, out=args.out, fmt=args.format, plot=args.plot,
+                          video_out=args.video_out, settings=settings, progress=not args.no_progress,
+                          report=lambda line: print(line, flush=True))
+    done = len(summary.outputs)
+    print(f"{done} clip(s) tracked, {len(summary.failures)} failed")
+    for path, message in summary.failures:
+        print(f"  failed: {path}: {message}", file=sys.stderr)
+    return 1 if summary.failures else 0
+
+
+def add_bundle_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bundle", help="encoder export + head checkpoints -> one model bundle for `track`",
+        description="Assemble a model bundle (bundle.json + model.safetensors) from an encoder export "
+                    "(save_model directory) and the head checkpoints of the fine-tuning recipes. "
+                    "Give any subset of heads; a missing one omits its columns.")
+    parser.add_argument("--encoder", required=True, metavar="DIR", help="encoder export (e.g. runs/x/encoder)")
+    parser.add_argument("--au", metavar="DIR", help="AU presence head checkpoint")
+    parser.add_argument("--au-intensity", metavar="DIR", help="AU intensity head checkpoint")
+    parser.add_argument("--expression", metavar="DIR", help="expression head checkpoint")
+    parser.add_argument("--va", metavar="DIR", help="valence/arousal head checkpoint")
+    parser.add_argument("--alignment", metavar="JSON",
+                        help="AlignmentSpec JSON to record when the encoder export has none")
+    parser.add_argument("-o", "--out", required=True, metavar="BUNDLE", help="bundle directory to write")
+    parser.set_defaults(handler=run_bundle)
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    from video_fer.track.bundle import assemble_bundle
+    from video_fer.errors import ConfigError
+
+    alignment = None
+    if args.alignment:
+        try:
+            alignment = json.loads(Path(args.alignment).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{args.alignment}: cannot read the alignment JSON ({error})") from error
+    bundle = assemble_bundle(args.encoder, args.out, {"au": args.au, "au_intensity": args.au_intensity,
+                                                       "expression": args.expression, "va": args.va}, alignment)
+    print(f"{args.out}: bundle with heads {', '.join(bundle.specs)}; crops {bundle.image_size} px")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``track`` and ``bundle`` to the ``video-fer`` subcommands."""
+    add_track_command(subparsers)
+    add_bundle_command(subparsers)

@@ -1,0 +1,295 @@
+"""Clip -> per-frame table of AUs, expression, valence/arousal and head pose (``video-fer track``).
+
+Pipeline, streaming with bounded memory:
+
+    thread "decode":     decode a batch (PyAV, sequential and synchronous), one batch ahead
+    thread "landmarks":  landmarker on every ``landmark_every``-th frame only (MediaPipe VIDEO mode
+                         tracks faces from keyframe to keyframe), landmarks of the frames in
+                         between interpolated (:mod:`video_fer.faces.keyframes`) -> FaceTracker
+                         (stable face ids) -> confidence (MediaPipe's face detector on every 8th
+                         frame and on new faces) -> align every face (the bundle's AlignmentSpec,
+                         :mod:`video_fer.faces.crops`)
+                              | queue of at most QUEUE_BATCHES batches
+    caller's thread:     encoder + heads in one batched pass (BatchNorms folded, channels-last,
+                         one torch thread) -> head pose -> rows -> writer
+
+The stages overlap on two cores (PyAV, MediaPipe and torch all release the GIL while they
+compute). Per frame on this 2-core machine (``tools/bench_track.py --stages``): MediaPipe
+~8.5 ms on a keyframe (~2.8 ms per frame at the default ``landmark_every=3``), alignment
+~1.3 ms, the 128 px reference TAE with its heads ~5 ms, decoding ~1 ms. At most
+``QUEUE_BATCHES + 4`` batches of frames (~200 frames at the default batch size) are alive at
+once, whatever the clip's length; rows are written as they come. The process's resident memory
+levels off (~1.1 GB on a 472-frame clip, ~2 GB over an hour with the reference bundle: glibc
+keeps freed network and landmarker buffers); ``MALLOC_MMAP_THRESHOLD_=131072`` in the
+environment kept it under 1 GB on an 8-minute clip, at the cost of ~40 % longer runs.
+
+Table (:mod:`video_fer.track.table`), one row per (processed frame, face), ordered by frame then ``face_id``:
+``frame, timestamp, face_id, confidence, success, pose_Rx, pose_Ry, pose_Rz`` (radians,
+:mod:`video_fer.faces.head_pose`), ``AUxx_c`` (presence probability), ``AUxx_r`` (intensity 0..5),
+``expression_<label>`` probabilities and ``expression`` (the argmax label), ``valence``,
+``arousal`` — the columns of the heads the bundle has. A processed frame without a face gets
+one row with ``success=0``, ``face_id=-1``, ``confidence=0`` and empty (NaN) values.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy as copying
+import importlib.util
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from video_fer.data.inputs import expand_inputs
+from video_fer.errors import ConfigError, VideoFerError
+from video_fer.faces.detection import SparseDetectorConfidence
+from video_fer.runtime import long_lived_allocations, torch_threads
+from video_fer.track.bundle import ModelBundle, fuse_batch_norms, load_bundle
+from video_fer.track.plot import VideoAnnotator, plot_tracks
+from video_fer.track.settings import TrackSettings, create_track_landmarker, expected_rows, uses_sparse_confidence
+from video_fer.track.stages import FaceBatch, FacePredictions, batch_rows, find_faces, predict_faces, run_in_background
+from video_fer.track.table import FORMATS, as_table, column_names, concatenate_columns, open_writer
+from video_fer.video import VideoReader
+
+
+@dataclass
+class ClipResult:
+    """What :func:`track_clip` did: rows, processed frames, faces, wall seconds."""
+
+    path: Path
+    rows: int = 0
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def iter_clip_batches(path: str | os.PathLike, bundle, settings: TrackSettings, landmarker=None
+                      ) -> Iterator[tuple[FaceBatch, FacePredictions, dict[str, np.ndarray]]]:
+    """Yield ``(batch, predictions, row columns)`` for a clip, streaming (see module doc).
+
+    Raises:
+        VideoReadError: the clip cannot be opened or decoded.
+    """
+    own_landmarker = landmarker is None
+    landmarker = landmarker or create_track_landmarker(settings)
+    confidence = reader = batches = None
+    try:
+        if uses_sparse_confidence(settings):
+            confidence = SparseDetectorConfidence(getattr(landmarker, "model_path", None), settings.confidence_every)
+        reader = VideoReader(path)
+        if settings.start >= len(reader):
+            raise ConfigError(f"{path}: start={settings.start} is past the last frame ({len(reader)} frames)")
+        threads = settings.torch_threads or 1  # more intra-op threads only contend with the landmarker here
+        bundle = inference_bundle(bundle, settings)
+        # pipelined: faces are aligned and scored in the landmark thread, this thread only runs the network
+        batches = find_faces(reader, landmarker, settings, bundle.alignment if settings.pipelined else None,
+                             confidence)
+        if settings.pipelined:
+            batches = run_in_background(batches)
+        with torch_threads(threads):
+            for batch in batches:
+                predictions = predict_faces(bundle, batch, settings.channels_last, settings.exact_alignment,
+                                            settings.precision)
+                yield batch, predictions, batch_rows(bundle, batch, predictions)
+    finally:
+        if batches is not None:
+            batches.close()  # stops the background threads before their reader is closed
+        if reader is not None:
+            reader.close()
+        if confidence is not None:
+            confidence.close()
+        if own_landmarker:
+            landmarker.close()
+
+
+def _prepared_bundle(model, settings: TrackSettings):
+    """A bundle directory or ModelBundle -> :func:`inference_bundle` (the caller's object is never changed)."""
+    return inference_bundle(_as_bundle(model), settings, copy=isinstance(model, ModelBundle))
+
+
+def _as_bundle(model):
+    if isinstance(model, ModelBundle):
+        return model.eval()
+    if isinstance(model, (str, os.PathLike)):
+        return load_bundle(model)
+    raise ConfigError(f"model: expected a bundle directory or a ModelBundle, got {type(model).__name__}")
+
+
+def inference_bundle(bundle, settings: TrackSettings, copy: bool = True):
+    """The bundle as ``track`` runs it: BatchNorms folded into their convs, weights channels-last.
+
+    A bundle is prepared once and marked (``_track_ready``). A caller's bundle is copied first
+    (``copy=True``), so ``track(path, my_bundle)`` leaves ``my_bundle`` (and its state_dict) as
+    it was; a bundle ``track`` loaded itself is prepared in place.
+    """
+    if getattr(bundle, "_track_ready", None) == settings.channels_last:
+        return bundle
+    bundle = (copying.deepcopy(bundle) if copy else bundle).eval()
+    fuse_batch_norms(bundle)
+    if settings.channels_last:  # 4-D weights in NHWC, like the inputs: the fast CPU convolution path
+        bundle.to(memory_format=torch.channels_last)
+    bundle._track_ready = settings.channels_last
+    return bundle
+
+
+def track(path: str | os.PathLike, model, **settings: Any):
+    """Per-frame AU / expression / valence-arousal / head-pose table of one clip.
+
+    Args:
+        path: a video file.
+        model: a bundle directory (``video-fer bundle``) or a loaded :class:`~video_fer.track.bundle.ModelBundle`.
+        **settings: :class:`TrackSettings` fields (``every``, ``start``, ``end``, ``batch_size``,
+            ``landmarker_options`` ...).
+
+    Returns:
+        a pandas DataFrame when pandas is installed, else a dict of numpy columns (see module doc).
+    """
+    options = TrackSettings(**settings)
+    bundle = _prepared_bundle(model, options)
+    chunks = [rows for _, _, rows in iter_clip_batches(path, bundle, options)]
+    return as_table(concatenate_columns(chunks, column_names(bundle)))
+
+
+# ------------------------------------------------------------------------------ batch mode
+@dataclass
+class TrackSummary:
+    """Outcome of :func:`track_files`: one output per clip that worked, one message per clip that failed."""
+
+    outputs: list[Path] = field(default_factory=list)
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    results: list[ClipResult] = field(default_factory=list)
+
+
+def output_path(video, out: Path | None, fmt: str, single: bool) -> Path:
+    """Where a clip's table goes: ``out`` itself for one clip given a file name, else ``out/<key>.<fmt>``."""
+    suffix = "." + fmt
+    if out is not None and single and out.suffix.lower() == suffix:
+        return out
+    return (out or Path("processed")) / f"{video.key}{suffix}"
+
+
+def track_clip(path: Path, bundle, settings: TrackSettings, table_path: Path, fmt: str = "csv",
+               plot_path: Path | None = None, video_path: Path | None = None, landmarker=None,
+               progress: bool = True) -> ClipResult:
+    """Track one clip into ``table_path`` (and optionally a PNG plot and an annotated mp4)."""
+    from tqdm.auto import tqdm
+
+    with VideoReader(path) as probe:  # frame count for the bar; also fails early on an unreadable clip
+        total, fps, size = expected_rows(len(probe), settings), probe.fps, (probe.width, probe.height)
+    columns = column_names(bundle)
+    writer = open_writer(table_path, columns, fmt)
+    keep_for_plot: list[dict[str, np.ndarray]] = []
+    annotator = None
+    result = ClipResult(Path(path))
+    ok = False
+    started = time.perf_counter()
+    bar = tqdm(total=total, unit="frame", desc=Path(path).name, disable=not progress, leave=False)
+    try:
+        if video_path is not None:
+            annotator = VideoAnnotator(video_path, fps / settings.every, size, bundle)
+        for batch, predictions, rows in iter_clip_batches(path, bundle, settings, landmarker):
+            writer.write(rows)
+            if plot_path is not None:  # numbers only (a few floats per row), never frames
+                keep_for_plot.append(rows)
+            if annotator is not None:
+                annotator.write(batch, predictions, rows)
+            result.rows += len(rows["frame"])
+            result.frames += len(batch.frame_indices)
+            result.faces += len(batch.positions)
+            bar.update(len(batch.frame_indices))
+        ok = True
+    finally:
+        bar.close()
+        writer.close(ok)
+        if annotator is not None:
+            annotator.close(ok)
+    if plot_path is not None:
+        plot_tracks(concatenate_columns(keep_for_plot, columns), bundle, plot_path, title=Path(path).name)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _start_in_thread(function: Callable, *arguments) -> Callable[[], Any]:
+    """Run ``function(*arguments)`` in a thread; the returned callable waits and returns (or raises) its result."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*arguments)
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="video-fer-startup", daemon=True)
+    worker.start()
+
+    def result():
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return result
+
+
+def track_files(inputs: Sequence[str | os.PathLike], model, out: str | os.PathLike | None = None,
+                fmt: str = "csv", plot: bool = False, video_out: bool = False, settings: TrackSettings | None = None,
+                progress: bool = True, report: Callable[[str], None] | None = None) -> TrackSummary:
+    """Batch mode: every clip of ``inputs`` (files, folders, ``.txt`` lists) -> one table each.
+
+    A clip that fails (unreadable, corrupt) is recorded in ``summary.failures`` and the others
+    go on. Outputs: ``out/<clip key>.<fmt>`` (``out`` may be the file name when there is one clip),
+    plus ``.png`` / ``.annotated.mp4`` beside it with ``plot`` / ``video_out``.
+    """
+    settings = settings or TrackSettings()
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:  # fail before any clip is processed
+        raise ConfigError("--format parquet needs pyarrow (pip install pyarrow); or use --format csv")
+    videos = expand_inputs(inputs)
+    # MediaPipe's import and start-up (~1 s) overlap loading the bundle (torch, weights).
+    with long_lived_allocations():
+        landmarker_future = _start_in_thread(create_track_landmarker, settings)
+        try:
+            bundle = _prepared_bundle(model, settings)  # once for all clips
+            import scipy.optimize  # noqa: F401  (the face tracker assigns with it: imported once, here)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                landmarker_future().close()
+            raise
+        landmarker = landmarker_future()
+    out_path = Path(out) if out is not None else None
+    summary = TrackSummary()
+    try:
+        for video in videos:
+            table = output_path(video, out_path, fmt, single=len(videos) == 1)
+            stem = table.with_suffix("")
+            try:
+                result = track_clip(video.path, bundle, settings, table, fmt,
+                                    plot_path=stem.with_suffix(".png") if plot else None,
+                                    video_path=Path(f"{stem}.annotated.mp4") if video_out else None,
+                                    landmarker=landmarker, progress=progress)
+            except VideoFerError as error:
+                summary.failures.append((video.path, str(error)))
+                if report:
+                    report(f"{video.path}: FAILED: {error}")
+                continue
+            summary.outputs.append(table)
+            summary.results.append(result)
+            if report:
+                report(f"{video.path} -> {table}: {result.rows} rows, {result.frames} frames, {result.faces} faces, "
+                       f"{result.fps:.1f} frames/s")
+    finally:
+        landmarker.close()
+    return summary
+
+
+__all__ = ["ClipResult", "TrackSettings", "TrackSummary", "iter_clip_batches", "track", "track_clip", "track_files"]

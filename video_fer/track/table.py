@@ -1,0 +1,169 @@
+"""The track table: its columns (OpenFace names), CSV / Parquet writers that stream row chunks, a reader.
+
+One row per (processed frame, face), ordered by frame then ``face_id``: :data:`BASE_COLUMNS`
+(``frame, timestamp, face_id, confidence, success, pose_Rx, pose_Ry, pose_Rz``), then per head
+the bundle has ``AUxx_c`` (presence probability), ``AUxx_r`` (intensity 0..5),
+``expression_<label>`` probabilities and ``expression`` (the argmax label), ``valence``, ``arousal``.
+A chunk of rows is a dict of numpy columns of equal length.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from video_fer.errors import ConfigError, VideoFerError
+from video_fer.io import atomic_path, atomic_write
+
+BASE_COLUMNS = ("frame", "timestamp", "face_id", "confidence", "success", "pose_Rx", "pose_Ry", "pose_Rz")
+INTEGER_COLUMNS = ("frame", "face_id", "success")
+FORMATS = ("csv", "parquet")
+
+
+def au_columns(aus: Sequence[int], suffix: str) -> list[str]:
+    """OpenFace names: ``[1, 12] , "_c"`` -> ``["AU01_c", "AU12_c"]``."""
+    return [f"AU{int(au):02d}{suffix}" for au in aus]
+
+
+def expression_columns(labels: Sequence[str]) -> list[str]:
+    return [f"expression_{label}" for label in labels]
+
+
+def column_names(bundle) -> list[str]:
+    """Every column the table of ``bundle`` has, in order."""
+    specs = bundle.specs
+    columns = list(BASE_COLUMNS)
+    if "au" in specs:
+        columns += au_columns(specs["au"].names, "_c")
+    if "au_intensity" in specs:
+        columns += au_columns(specs["au_intensity"].names, "_r")
+    if "expression" in specs:
+        columns += expression_columns(specs["expression"].names) + ["expression"]
+    if "va" in specs:
+        columns += ["valence", "arousal"]
+    return columns
+
+
+def concatenate_columns(chunks: Sequence[Mapping[str, np.ndarray]], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    if not chunks:
+        return {name: np.zeros(0) for name in columns}
+    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in columns}
+
+
+def as_table(columns: dict[str, np.ndarray]):
+    """pandas DataFrame when pandas is installed, else the dict of numpy columns."""
+    try:
+        import pandas
+    except ImportError:
+        return columns
+    return pandas.DataFrame(columns)
+
+
+# ------------------------------------------------------------------------------ writers
+def _format_column(values: np.ndarray, name: str) -> list[str]:
+    """One column as CSV text: integers as such, NaN as an empty cell, seconds to the microsecond."""
+    if values.dtype == object:
+        return [str(v) for v in values]
+    if values.dtype.kind in "iub":
+        return [str(v) for v in values.tolist()]
+    pattern = "{:.6f}" if name == "timestamp" else "{:.6g}"
+    return ["" if v != v else pattern.format(v) for v in values.tolist()]
+
+
+class CsvTableWriter:
+    """Streams row chunks to a CSV file (temp file beside it, renamed on :meth:`close`)."""
+
+    def __init__(self, path: Path, columns: Sequence[str]):
+        import csv
+
+        self.path, self.columns = Path(path), list(columns)
+        self._context = _atomic_text(self.path)
+        self._handle = self._context.__enter__()
+        self._writer = csv.writer(self._handle, lineterminator="\n")
+        self._writer.writerow(self.columns)
+
+    def write(self, chunk: Mapping[str, np.ndarray]) -> None:
+        self._writer.writerows(zip(*[_format_column(chunk[name], name) for name in self.columns]))
+
+    def close(self, ok: bool = True) -> None:
+        if ok:
+            self._context.__exit__(None, None, None)
+            _readable_by_all(self.path)
+        else:
+            self._context.__exit__(VideoFerError, VideoFerError("aborted"), None)
+
+
+def _readable_by_all(path: Path) -> None:
+    """The atomic temp file is created 0600; give the result the usual mode (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+@contextlib.contextmanager
+def _atomic_text(path: Path):
+    with atomic_write(path, "w") as handle:
+        yield handle
+
+
+class ParquetTableWriter:
+    """Streams row chunks to a Parquet file, one row group per chunk (needs pyarrow)."""
+
+    def __init__(self, path: Path, columns: Sequence[str]):
+        try:
+            import pyarrow  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ConfigError("--format parquet needs pyarrow (pip install pyarrow); or use --format csv") from None
+        self.path, self.columns = Path(path), list(columns)
+        self._context = atomic_path(self.path)
+        self._tmp = self._context.__enter__()
+        self._writer = None
+
+    def write(self, chunk: Mapping[str, np.ndarray]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrays = [pa.array(chunk[name].tolist() if chunk[name].dtype == object else chunk[name])
+                  for name in self.columns]
+        table = pa.Table.from_arrays(arrays, names=self.columns)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(str(self._tmp), table.schema)
+        self._writer.write_table(table)
+
+    def close(self, ok: bool = True) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if ok:
+            self._context.__exit__(None, None, None)
+            _readable_by_all(self.path)
+        else:
+            self._context.__exit__(VideoFerError, VideoFerError("aborted"), None)
+
+
+def open_writer(path: Path, columns: Sequence[str], fmt: str):
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    return (CsvTableWriter if fmt == "csv" else ParquetTableWriter)(path, columns)
+
+
+def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a track CSV back as numpy columns (strings for ``expression``, NaN for empty cells)."""
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    table = {}
+    for k, name in enumerate(header):
+        values = [row[k] for row in body]
+        if name == "expression":
+            table[name] = np.asarray(values, dtype=object)
+        elif name in INTEGER_COLUMNS:
+            table[name] = np.asarray([int(v) for v in values], dtype=np.int64)
+        else:
+            table[name] = np.asarray([float(v) if v != "" else np.nan for v in values], dtype=np.float64)
+    return table
