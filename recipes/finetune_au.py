@@ -20,46 +20,44 @@ is skipped on rerun, so ``--fold all`` after ``--fold 1`` only runs folds 2 and 
 
 Outputs (``train.output_dir``): ``run.json``, ``faces_report.json`` (labelled frames without a
 face, per subject), ``fold_<k>/`` (``train.csv``, ``checkpoints/``, ``model/`` = best
-:class:`~video_fer.data.au_training.AUClassifier` for ``video_fer.load_model``,
+:class:`~video_fer.models.task_models.AUClassifier` for ``video_fer.load_model``,
 ``predictions.npz``, ``result.json``), and ``results.json`` + ``results.md`` (mean over folds,
 the papers' table layout; recomputable with ``video-fer evaluate <output_dir>``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import DistributedDataParallelKwargs, set_seed  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from video_fer.checkpoint import load_model, save_model  # noqa: E402
-from video_fer.config import config_to_dict, load_config  # noqa: E402
-from video_fer.data.au_datasets import read_au_csv, read_bp4d, read_disfa  # noqa: E402
-from video_fer.data.au_training import (AUClassifier, AUClassifierConfig, AUFaceDataset, LabelledFaces,  # noqa: E402
-                                        balanced_sampling_weights, compute_embeddings, faces_report,
-                                        masked_bce_loss, masked_mse_loss, match_labelled_faces, positive_weights,
-                                        read_face_crops, remap_to_sequence_videos, write_sequence_videos)
-from video_fer.data.augment import as_float_images, random_crop_jitter  # noqa: E402
-from video_fer.data.cache import FaceTrackCache  # noqa: E402
-from video_fer.data.folds import DATASET_AUS, DISFA_OCCURRENCE_THRESHOLD, dataset_parts, split_validation  # noqa: E402
-from video_fer.errors import ConfigError, VideoFerError  # noqa: E402
-from video_fer.evaluation import FoldPredictions, evaluate_fold, evaluate_run, markdown_table  # noqa: E402
-from video_fer.io_utils import atomic_path, atomic_write  # noqa: E402
-from video_fer.metrics import mean_f1  # noqa: E402
-from video_fer.models.tae import FaceActionEncoder, TAEConfig  # noqa: E402
-from video_fer.training import CsvLog, latest_checkpoint, save_checkpoint  # noqa: E402
+from video_fer.config import config_to_dict, load_config
+from video_fer.data.au_datasets import read_au_csv, read_bp4d, read_disfa
+from video_fer.data.au_faces import (AUFaceDataset, LabelledCacheFaces, balanced_sampling_weights, compute_embeddings,
+                                     faces_report, match_labelled_faces, read_face_crops, remap_to_sequence_videos,
+                                     write_sequence_videos)
+from video_fer.data.augment import as_float_images, random_crop_jitter
+from video_fer.data.cache import FaceTrackCache
+from video_fer.data.folds import DATASET_AUS, DISFA_OCCURRENCE_THRESHOLD, dataset_parts, split_validation
+from video_fer.errors import ConfigError
+from video_fer.evaluate.au_report import FoldPredictions, evaluate_fold, evaluate_run, markdown_table
+from video_fer.evaluate.metrics import mean_f1
+from video_fer.faces.alignment import check_encoder_crops
+from video_fer.io import atomic_path, atomic_write
+from video_fer.models.checkpoint import load_encoder, load_model, save_model
+from video_fer.models.tae import FaceActionEncoder, TAEConfig
+from video_fer.models.task_models import AUClassifier, AUClassifierConfig
+from video_fer.train.checkpoints import save_checkpoint
+from video_fer.train.loop import predict_in_batches, seeded_generator
+from video_fer.train.losses.au import masked_bce_loss, masked_mse_loss, positive_weights
+from video_fer.train.run import (RecipeRun, finish_run, recipe_parser, reseed, resume_state, run_logs, run_recipe,
+                                 start_run)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune_au_bp4d.yaml"
 METHOD_NAMES = {"linear": "linear probe", "finetune": "fine-tuned"}
@@ -97,7 +95,8 @@ class AUModelConfig:
     """The encoder: a pretrained checkpoint (``video_fer.load_model`` folder) or, if null, a random one."""
 
     encoder: str | None = None
-    tae: dict = field(default_factory=dict, metadata={"schema": "video_fer.models.tae:TAEConfig"})
+    # A random encoder's TAEConfig; image_size null = the cache's crop side (a number must equal it).
+    tae: dict = field(default_factory=lambda: {"image_size": None}, metadata={"schema": TAEConfig})
 
 
 @dataclass
@@ -125,17 +124,6 @@ class FinetuneAUConfig:
     data: AUDataConfig = field(default_factory=AUDataConfig)
     model: AUModelConfig = field(default_factory=AUModelConfig)
     train: AUTrainConfig = field(default_factory=AUTrainConfig)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-    parser.add_argument("--fold", default="all", choices=("1", "2", "3", "all"),
-                        help="test fold to run; all = the three folds, then their mean (default)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an unfinished fold from its latest checkpoint (finished folds are always skipped)")
-    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. train.lr=3e-4")
-    return parser.parse_args(argv)
 
 
 def check_config(config: FinetuneAUConfig) -> None:
@@ -204,26 +192,25 @@ def fold_subjects(parts: list[list[str]], fold: int, present: set[str], val_frac
     return train, validation, test
 
 
-def load_encoder(model: AUModelConfig, image_size: int) -> FaceActionEncoder:
-    """The pretrained encoder (``TwinCycleAutoencoder`` checkpoints give their encoder) or a random one."""
+def load_au_encoder(model: AUModelConfig, cache: FaceTrackCache) -> FaceActionEncoder:
+    """The pretrained encoder (a ``TwinCycleAutoencoder`` checkpoint gives its encoder) or a random one,
+    checked against the cache's crops (:func:`~video_fer.faces.alignment.check_encoder_crops`)."""
     if model.encoder is None:
-        config = TAEConfig(**{**model.tae, "image_size": image_size})
-        return FaceActionEncoder(config)
-    loaded = load_model(model.encoder)
-    encoder = getattr(loaded, "encoder", loaded)
-    if not isinstance(encoder, FaceActionEncoder):
-        raise ConfigError(f"model.encoder={model.encoder}: holds a {type(loaded).__name__}, not a TAE encoder; "
+        size = model.tae["image_size"] or cache.size  # null: the cache's crop side
+        check_encoder_crops(cache.alignment, size, f"{cache.root} (model.tae.image_size)")
+        return FaceActionEncoder(TAEConfig(**{**model.tae, "image_size": size}))
+    export = load_encoder(model.encoder)
+    if not isinstance(export.encoder, FaceActionEncoder):
+        raise ConfigError(f"model.encoder={model.encoder}: holds a {type(export.encoder).__name__}, not a TAE encoder; "
                           "give the encoder/ folder written by recipes/pretrain_video.py")
-    if encoder.config.image_size != image_size:
-        raise ConfigError(f"model.encoder={model.encoder}: trained on {encoder.config.image_size} px faces but the cache "
-                          f"has {image_size} px crops; prepare the dataset with --size {encoder.config.image_size}")
-    return encoder
+    check_encoder_crops(cache.alignment, export.crops, f"{cache.root} (model.encoder={model.encoder})")
+    return export.encoder
 
 
 class EmbeddingRows(torch.utils.data.Dataset):
     """Precomputed embeddings with labels: items ``{"embedding" (D,), "occurrence" (A,), "intensity" (A,)}``."""
 
-    def __init__(self, embeddings: torch.Tensor, faces: LabelledFaces) -> None:
+    def __init__(self, embeddings: torch.Tensor, faces: LabelledCacheFaces) -> None:
         self.embeddings = embeddings
         self.labels = AUFaceDataset(None, faces)  # reuses its label tensors; no crop is read
 
@@ -236,23 +223,16 @@ class EmbeddingRows(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------- one fold
-@torch.no_grad()
-def predict(model: AUClassifier, cache, faces: LabelledFaces, embeddings: torch.Tensor | None, batch_size: int,
+def predict(model: AUClassifier, cache, faces: LabelledCacheFaces, embeddings: torch.Tensor | None, batch_size: int,
             device) -> np.ndarray:
     """Probabilities (occurrence) or intensities ``(N, A)`` of every row of ``faces`` (model in eval mode)."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for start in range(0, len(faces), batch_size):
+    def forward(network, rows):
         if embeddings is not None:
-            inputs = embeddings[start:start + batch_size].to(device)
-        else:
-            rows = np.arange(start, min(start + batch_size, len(faces)))
-            inputs = as_float_images(read_face_crops(cache, faces.track_ids[rows], faces.positions[rows]).to(device))
-        outputs.append(model.predict(inputs).float().cpu())
-    model.train(was_training)
-    width = len(model.config.au_numbers)
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, width), np.float32)
+            return network.predict(embeddings[rows].to(device))
+        crops = read_face_crops(cache, faces.track_ids[rows.numpy()], faces.positions[rows.numpy()])
+        return network.predict(as_float_images(crops.to(device)))
+
+    return predict_in_batches(model, np.arange(len(faces)), batch_size, forward, len(model.config.au_numbers))
 
 
 def validation_score(model, cache, faces, embeddings, train_config, device) -> float:
@@ -283,32 +263,15 @@ def should_stop(progress: dict, patience: int) -> bool:
     return bool(patience) and progress["epochs_without_improvement"] >= patience
 
 
-def run_fold(fold: int, *, config: FinetuneAUConfig, accelerator: Accelerator, cache, faces: LabelledFaces,
-             embeddings: torch.Tensor | None, encoder: FaceActionEncoder, parts, fingerprint: str, resume: bool) -> dict:
+def fold_training(fold: int, split: dict, split_embeddings: dict, config: FinetuneAUConfig, encoder, cache,
+                  run: RecipeRun):
+    """Model, positive weights, optimiser and loader of one fold, prepared by accelerate.
+
+    Returns ``(model, optimizer, loader, order, pos_weight)``; ``order`` is the sampler's generator,
+    reseeded every epoch so a resumed fold draws the same batches.
+    """
     data, train = config.data, config.train
-    out = Path(train.output_dir) / f"fold_{fold}"
-    result_path = out / "result.json"
-    if result_path.is_file():
-        finished = json.loads(result_path.read_text())
-        if finished.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{out}: this fold finished with other settings (fingerprint {finished.get('fingerprint')} "
-                              f"vs {fingerprint}); use another train.output_dir or delete {out}")
-        accelerator.print(f"fold {fold}: already finished (mean F1 {finished['mean_f1']:.4f}), skipped")
-        return finished
-
-    train_subjects, val_subjects, test_subjects = fold_subjects(parts, fold, set(faces.subjects), data.val_fraction,
-                                                                train.seed)
-    rows = {name: np.flatnonzero(np.isin(faces.table.subjects, subjects))
-            for name, subjects in (("train", train_subjects), ("val", val_subjects), ("test", test_subjects))}
-    split = {name: faces.select(index) for name, index in rows.items()}
-    split_embeddings = {name: None if embeddings is None else embeddings[torch.from_numpy(index)]
-                        for name, index in rows.items()}
-    accelerator.print(f"fold {fold}: train {len(split['train'])} frames of {len(train_subjects)} subjects, validation "
-                      f"{len(split['val'])} of {len(val_subjects)}, test {len(split['test'])} of {len(test_subjects)}")
-
-    # ---------------------------------------------------------------- model, loss weights, optimiser
-    set_seed(train.seed + fold)
-    au_numbers = list(faces.table.au_numbers)
+    au_numbers = list(split["train"].table.au_numbers)
     model = AUClassifier(AUClassifierConfig(au_numbers, dataclasses.asdict(encoder.config), train.task))
     model.encoder.load_state_dict(encoder.state_dict())
     train_occurrence = split["train"].table.occurrence
@@ -323,69 +286,130 @@ def run_fold(fold: int, *, config: FinetuneAUConfig, accelerator: Accelerator, c
                   {"params": list(model.head.parameters()), "lr": train.lr}]
         dataset = AUFaceDataset(cache, split["train"])
     optimizer = torch.optim.AdamW(groups, weight_decay=train.weight_decay)
-    generator = torch.Generator()
+    order = torch.Generator()
     if data.balanced_sampling:
         sampler = torch.utils.data.WeightedRandomSampler(
             torch.from_numpy(balanced_sampling_weights(train_occurrence)), len(dataset), replacement=True,
-            generator=generator)
+            generator=order)
     else:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        sampler = torch.utils.data.RandomSampler(dataset, generator=order)
     lone_last = len(dataset) % train.batch_size == 1  # BatchNorm cannot train on a batch of one frame
     loader = torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, sampler=sampler, drop_last=lone_last,
                                          num_workers=data.num_workers if train.mode == "finetune" else 0)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    pos_weight = torch.from_numpy(pos_weight).to(accelerator.device)
+    model, optimizer, loader = run.accelerator.prepare(model, optimizer, loader)
+    return model, optimizer, loader, order, torch.from_numpy(pos_weight).to(run.accelerator.device)
 
+
+def batch_inputs(batch: dict, config: FinetuneAUConfig, generator: torch.Generator) -> torch.Tensor:
+    """What the model takes: precomputed embeddings (linear), or crops, jittered when ``data.augment``."""
+    if config.train.mode == "linear":
+        return batch["embedding"]
+    if config.data.augment:
+        return random_crop_jitter(batch["image"], generator)
+    return as_float_images(batch["image"])
+
+
+def batch_loss(outputs: torch.Tensor, batch: dict, task: str, pos_weight: torch.Tensor) -> torch.Tensor:
+    if task == "occurrence":
+        return masked_bce_loss(outputs.float(), batch["occurrence"], pos_weight)
+    return masked_mse_loss(outputs.float(), batch["intensity"])
+
+
+def end_of_epoch(run: RecipeRun, model, out: Path, fold: int, progress: dict, score: float | None, losses: list,
+                 log, keep_checkpoints: int) -> None:
+    """Keep the best model, log the epoch, checkpoint it (with the early-stopping state)."""
+    epoch = progress["epoch"]
+    improved = record_validation(progress, score, epoch)
+    if improved and run.is_main:
+        save_model(run.accelerator.unwrap_model(model), out / "model",
+                   extra={"fold": fold, "epoch": epoch, "validation": score})
+    if run.is_main:
+        log.write({"step": epoch, "epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "validation": "" if score is None else score, "best_epoch": progress["best_epoch"]})
+    saved = save_checkpoint(run.accelerator, out, epoch, keep_checkpoints)
+    if run.is_main:
+        with atomic_write(saved / "progress.json") as handle:
+            json.dump(progress, handle)
+    run.accelerator.wait_for_everyone()
+
+
+def test_fold(run: RecipeRun, out: Path, fold: int, split: dict, split_embeddings: dict, cache, config: FinetuneAUConfig,
+              progress: dict, subjects: tuple, pos_weight: torch.Tensor, fingerprint: str) -> dict:
+    """The best model on the fold's test subjects: ``predictions.npz`` and ``result.json`` (main process)."""
+    data, train = config.data, config.train
+    best = load_model(out / "model").to(run.accelerator.device)
+    outputs = predict(best, cache, split["test"], split_embeddings["test"], train.embedding_batch_size,
+                      run.accelerator.device)
+    table = split["test"].table
+    predictions = FoldPredictions(tuple(table.au_numbers), outputs if train.task == "occurrence" else None,
+                                  table.occurrence, table.subjects, table.sources, table.frames,
+                                  outputs if train.task == "intensity" else None, table.intensity)
+    predictions.save(out / "predictions.npz")
+    intensity_threshold = data.occurrence_threshold or DISFA_OCCURRENCE_THRESHOLD  # the labels' own threshold
+    train_subjects, val_subjects, test_subjects = subjects
+    result = {**evaluate_fold(predictions, train.threshold, intensity_threshold), "fold": fold,
+              "fingerprint": fingerprint, "train_subjects": train_subjects, "validation_subjects": val_subjects,
+              "test_subjects": test_subjects, "best_epoch": progress["best_epoch"],
+              "epochs_trained": progress["epoch"], "positive_weights": pos_weight.cpu().tolist()}
+    with atomic_write(out / "result.json") as handle:
+        json.dump(result, handle, indent=2)
+    run.accelerator.print(f"fold {fold}: test mean F1 {result['mean_f1']:.4f} on {result['frames']} frames")
+    return result
+
+
+def run_fold(fold: int, *, config: FinetuneAUConfig, run: RecipeRun, cache, faces: LabelledCacheFaces,
+             embeddings: torch.Tensor | None, encoder: FaceActionEncoder, parts, fingerprint: str, resume) -> dict:
+    data, train = config.data, config.train
+    accelerator, out = run.accelerator, run.out / f"fold_{fold}"
+    if (out / "result.json").is_file():
+        finished = json.loads((out / "result.json").read_text())
+        if finished.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{out}: this fold finished with other settings (fingerprint {finished.get('fingerprint')} "
+                              f"vs {fingerprint}); use another train.output_dir or delete {out}")
+        accelerator.print(f"fold {fold}: already finished (mean F1 {finished['mean_f1']:.4f}), skipped")
+        return finished
+
+    subjects = fold_subjects(parts, fold, set(faces.subjects), data.val_fraction, train.seed)
+    rows = {name: np.flatnonzero(np.isin(faces.table.subjects, names))
+            for name, names in zip(("train", "val", "test"), subjects)}
+    split = {name: faces.select(index) for name, index in rows.items()}
+    split_embeddings = {name: None if embeddings is None else embeddings[torch.from_numpy(index)]
+                        for name, index in rows.items()}
+    accelerator.print(f"fold {fold}: train {len(split['train'])} frames of {len(subjects[0])} subjects, validation "
+                      f"{len(split['val'])} of {len(subjects[1])}, test {len(split['test'])} of {len(subjects[2])}")
+
+    # ---------------------------------------------------------------- model, loss weights, optimiser, resume
+    reseed(train.seed + fold)
+    model, optimizer, loader, order, pos_weight = fold_training(fold, split, split_embeddings, config, encoder, cache,
+                                                                run)
     progress = {"epoch": 0, "best_score": None, "best_epoch": None, "epochs_without_improvement": 0}
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = resume_state(run, resume, out)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
         progress = json.loads((checkpoint / "progress.json").read_text())
         accelerator.print(f"fold {fold}: resumed from {checkpoint} (epoch {progress['epoch']})")
-    log = CsvLog(out / "train.csv", resume_after_step=progress["epoch"] if checkpoint else None) \
-        if accelerator.is_main_process else None
+    log, = run_logs(run, progress["epoch"] if checkpoint else None, ("train.csv",), out)
 
     # ---------------------------------------------------------------- loop (one step per batch, validation per epoch)
     unwrapped = accelerator.unwrap_model(model)
-    bar = tqdm(total=train.epochs, initial=progress["epoch"], desc=f"fold {fold}", disable=not accelerator.is_main_process)
+    bar = tqdm(total=train.epochs, initial=progress["epoch"], desc=f"fold {fold}", disable=not run.is_main)
     while progress["epoch"] < train.epochs:
         epoch = progress["epoch"]
-        generator.manual_seed(train.seed * 1_000 + fold * 100 + epoch)  # the same order after a resume
+        order.set_state(seeded_generator(train.seed, fold, epoch).get_state())  # the same order after a resume
         model.train()
-        if train.mode == "linear":
-            unwrapped.encoder.eval()  # frozen: BatchNorm statistics stay those of pretraining
+        unwrapped.encoder.train(train.mode != "linear")  # frozen: BatchNorm statistics stay those of pretraining
         losses = []
         for step, batch in enumerate(loader):
-            if train.mode == "linear":
-                inputs = batch["embedding"]
-            elif data.augment:
-                jitter = torch.Generator().manual_seed(train.seed * 1_000_003 + fold * 10_007 + epoch * 1_009 + step)
-                inputs = random_crop_jitter(batch["image"], jitter)
-            else:
-                inputs = as_float_images(batch["image"])
+            inputs = batch_inputs(batch, config, seeded_generator(train.seed, run.rank, fold, epoch, step))
             with accelerator.autocast():
-                outputs = model(inputs)
-                loss = (masked_bce_loss(outputs.float(), batch["occurrence"], pos_weight) if train.task == "occurrence"
-                        else masked_mse_loss(outputs.float(), batch["intensity"]))
+                loss = batch_loss(model(inputs), batch, train.task, pos_weight)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
         progress["epoch"] = epoch + 1
-        score = None
-        if len(split["val"]):
-            score = validation_score(unwrapped, cache, split["val"], split_embeddings["val"], train, accelerator.device)
-        improved = record_validation(progress, score, epoch + 1)
-        if improved and accelerator.is_main_process:
-            save_model(unwrapped, out / "model", extra={"fold": fold, "epoch": epoch + 1, "validation": score})
-        if accelerator.is_main_process:
-            log.write({"step": epoch + 1, "epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                       "validation": "" if score is None else score, "best_epoch": progress["best_epoch"]})
-        saved = save_checkpoint(accelerator, out, epoch + 1, train.keep_checkpoints)
-        if accelerator.is_main_process:
-            with atomic_write(saved / "progress.json") as handle:
-                json.dump(progress, handle)
-        accelerator.wait_for_everyone()
+        score = validation_score(unwrapped, cache, split["val"], split_embeddings["val"], train,
+                                 accelerator.device) if len(split["val"]) else None
+        end_of_epoch(run, model, out, fold, progress, score, losses, log, train.keep_checkpoints)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", val="-" if score is None else f"{score:.4f}")
         if should_stop(progress, train.patience):
@@ -397,112 +421,103 @@ def run_fold(fold: int, *, config: FinetuneAUConfig, accelerator: Accelerator, c
     accelerator.free_memory()
 
     # ---------------------------------------------------------------- test: the best model on the fold's subjects
-    result: dict = {}
-    if accelerator.is_main_process:
-        best = load_model(out / "model").to(accelerator.device)
-        outputs = predict(best, cache, split["test"], split_embeddings["test"], train.embedding_batch_size,
-                          accelerator.device)
-        table = split["test"].table
-        predictions = FoldPredictions(tuple(au_numbers), outputs if train.task == "occurrence" else None,
-                                      table.occurrence, table.subjects, table.sources, table.frames,
-                                      outputs if train.task == "intensity" else None, table.intensity)
-        predictions.save(out / "predictions.npz")
-        intensity_threshold = data.occurrence_threshold or DISFA_OCCURRENCE_THRESHOLD  # the labels' own threshold
-        result = {**evaluate_fold(predictions, train.threshold, intensity_threshold), "fold": fold, "fingerprint": fingerprint,
-                  "train_subjects": train_subjects, "validation_subjects": val_subjects,
-                  "test_subjects": test_subjects, "best_epoch": progress["best_epoch"],
-                  "epochs_trained": progress["epoch"], "positive_weights": pos_weight.cpu().tolist()}
-        with atomic_write(result_path) as handle:
-            json.dump(result, handle, indent=2)
-        accelerator.print(f"fold {fold}: test mean F1 {result['mean_f1']:.4f} on {result['frames']} frames")
+    result = test_fold(run, out, fold, split, split_embeddings, cache, config, progress, subjects, pos_weight,
+                       fingerprint) if run.is_main else {}
     accelerator.wait_for_everyone()
     return result
 
 
-# ---------------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    # ---------------------------------------------------------------- config
-    args = parse_args(argv)
-    config = load_config(args.config, args.overrides, schema=FinetuneAUConfig)
-    check_config(config)
-    data, train = config.data, config.train
-    out = Path(train.output_dir)
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # finetune: the pose branch (and, with attention streams, the trunk's last block) do not feed phi; DDP must know
-    unused = [DistributedDataParallelKwargs(find_unused_parameters=True)] if train.mode == "finetune" else []
-    accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu_processes, kwargs_handlers=unused)
-    set_seed(train.seed)
-    fingerprint = run_fingerprint(config)
-
-    # ---------------------------------------------------------------- labels joined with the face cache
+def labelled_faces(run: RecipeRun, config: FinetuneAUConfig) -> tuple[LabelledCacheFaces, dict, FaceTrackCache]:
+    """The label table joined with the face cache: the labelled frames with a face, the report of those without."""
+    data = config.data
     table = read_labels(data)
     if data.sequence_videos is not None:  # still images -> the sequence videos that were prepared
-        if accelerator.is_main_process:
+        if run.is_main:
             write_sequence_videos(table, data.sequence_videos, progress=True)
-        accelerator.wait_for_everyone()
+        run.accelerator.wait_for_everyone()
         table = remap_to_sequence_videos(table, data.sequence_videos)
     cache = FaceTrackCache(data.cache)
-    if train.task == "intensity" and table.intensity is None:
+    if config.train.task == "intensity" and table.intensity is None:
         raise ConfigError(f"train.task=intensity: data.dataset={data.dataset} has no intensity labels (DISFA has)")
     faces, join = match_labelled_faces(table, cache)
-    report = faces_report(join)
-    accelerator.print(join.summary())  # frames without a face are reported per subject, never dropped silently
+    run.accelerator.print(join.summary())  # frames without a face are reported per subject, never dropped silently
     if not len(faces):
         raise ConfigError(f"{data.cache}: none of the {len(table)} labelled frames has a face in this cache; prepare "
                           "the dataset's videos into it (`video-fer prepare`) or check data.cache")
-    encoder = load_encoder(config.model, cache.size)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out / "faces_report.json") as handle:
-            json.dump(report, handle, indent=2)
-        run_info = {"dataset": data.dataset.lower() if data.dataset.lower() != "csv" else None,
-                    "method": ("random-init " if config.model.encoder is None else "")
-                              + f"{'TAE' if encoder.config.attention_streams else 'TCAE'} encoder, "
-                              f"{METHOD_NAMES[train.mode]}" + (" (intensity)" if train.task == "intensity" else ""),
-                    "mode": train.mode, "task": train.task, "encoder": config.model.encoder or "random init",
-                    "fingerprint": fingerprint, "faces": {k: report[k] for k in ("labelled", "without_face")},
-                    "occurrence_threshold": data.occurrence_threshold or DISFA_OCCURRENCE_THRESHOLD,
-                    "config": config_to_dict(config)}
-        with atomic_write(out / "run.json") as handle:
-            json.dump(run_info, handle, indent=2)
+    return faces, faces_report(join), cache
 
-    # ---------------------------------------------------------------- frozen encoder: embeddings once for every fold
+
+def write_run_info(run: RecipeRun, config: FinetuneAUConfig, report: dict, encoder, fingerprint: str) -> None:
+    """``faces_report.json`` and ``run.json`` (what ``video-fer evaluate`` prints beside the scores)."""
+    data, train = config.data, config.train
+    with atomic_write(run.out / "faces_report.json") as handle:
+        json.dump(report, handle, indent=2)
+    run_info = {"dataset": data.dataset.lower() if data.dataset.lower() != "csv" else None,
+                "method": ("random-init " if config.model.encoder is None else "")
+                          + f"{'TAE' if encoder.config.attention_streams else 'TCAE'} encoder, "
+                          f"{METHOD_NAMES[train.mode]}" + (" (intensity)" if train.task == "intensity" else ""),
+                "mode": train.mode, "task": train.task, "encoder": config.model.encoder or "random init",
+                "fingerprint": fingerprint, "faces": {k: report[k] for k in ("labelled", "without_face")},
+                "occurrence_threshold": data.occurrence_threshold or DISFA_OCCURRENCE_THRESHOLD,
+                "config": config_to_dict(config)}
+    with atomic_write(run.out / "run.json") as handle:
+        json.dump(run_info, handle, indent=2)
+
+
+def frozen_embeddings(run: RecipeRun, encoder, cache, faces: LabelledCacheFaces, batch_size: int,
+                      fingerprint: str) -> torch.Tensor:
+    """The frozen encoder's embedding of every labelled face, computed once per run and reused by every fold."""
+    path = run.out / "embeddings.pt"
+    key = hashlib.sha1(json.dumps([fingerprint, faces.track_ids.tolist(), faces.positions.tolist()]).encode()
+                       ).hexdigest()
+    if run.is_main and not (path.is_file() and torch.load(path)["key"] == key):
+        computed = compute_embeddings(encoder.to(run.accelerator.device), cache, faces, batch_size,
+                                      run.accelerator.device, progress=True)
+        with atomic_path(path) as temporary:
+            torch.save({"key": key, "embeddings": computed}, temporary)
+    run.accelerator.wait_for_everyone()
+    return torch.load(path)["embeddings"]
+
+
+# ---------------------------------------------------------------------------------- the recipe
+def main(argv=None) -> int:
+    # ---------------------------------------------------------------- config
+    parser = recipe_parser(__doc__, DEFAULT_CONFIG, resume_help="continue an unfinished fold from its latest "
+                                                                "checkpoint (finished folds are always skipped)")
+    parser.add_argument("--fold", default="all", choices=("1", "2", "3", "all"),
+                        help="test fold to run; all = the three folds, then their mean (default)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides, schema=FinetuneAUConfig)
+    check_config(config)
+    train = config.train
+    # finetune: the pose branch (and, with attention streams, the trunk's last block) do not feed phi; DDP must know
+    run = start_run(config, train.output_dir, train.seed, train.mixed_precision,
+                    find_unused_parameters=train.mode == "finetune")
+    fingerprint = run_fingerprint(config)
+
+    # ---------------------------------------------------------------- labels joined with the face cache, the encoder
+    faces, report, cache = labelled_faces(run, config)
+    encoder = load_au_encoder(config.model, cache)
+    if run.is_main:
+        write_run_info(run, config, report, encoder, fingerprint)
     embeddings = None
-    if train.mode == "linear":
-        path = out / "embeddings.pt"
-        key = hashlib.sha1(json.dumps([fingerprint, faces.track_ids.tolist(), faces.positions.tolist()]).encode()
-                           ).hexdigest()
-        if accelerator.is_main_process and not (path.is_file() and torch.load(path)["key"] == key):
-            computed = compute_embeddings(encoder.to(accelerator.device), cache, faces, train.embedding_batch_size,
-                                          accelerator.device, progress=True)
-            with atomic_path(path) as temporary:
-                torch.save({"key": key, "embeddings": computed}, temporary)
-        accelerator.wait_for_everyone()
-        embeddings = torch.load(path)["embeddings"]
+    if train.mode == "linear":  # frozen encoder: embeddings once for every fold
+        embeddings = frozen_embeddings(run, encoder, cache, faces, train.embedding_batch_size, fingerprint)
         encoder = encoder.cpu()
 
     # ---------------------------------------------------------------- folds, then their mean
-    parts = subject_parts(data)
-    folds = [1, 2, 3] if args.fold == "all" else [int(args.fold)]
-    for fold in folds:
-        run_fold(fold, config=config, accelerator=accelerator, cache=cache, faces=faces, embeddings=embeddings,
-                 encoder=encoder, parts=parts, fingerprint=fingerprint, resume=args.resume)
-    if accelerator.is_main_process:
-        results = evaluate_run(out, threshold=train.threshold)
-        accelerator.print(markdown_table(results))
-        accelerator.print(f"outputs in {out.resolve()}: results.md, results.json, fold_*/ (model/, predictions.npz)")
-    accelerator.end_training()
+    parts = subject_parts(config.data)
+    for fold in [1, 2, 3] if args.fold == "all" else [int(args.fold)]:
+        run_fold(fold, config=config, run=run, cache=cache, faces=faces, embeddings=embeddings, encoder=encoder,
+                 parts=parts, fingerprint=fingerprint, resume=args.resume)
+    if run.is_main:
+        results = evaluate_run(run.out, threshold=train.threshold)
+        run.accelerator.print(markdown_table(results))
+        run.accelerator.print(f"outputs in {run.out.resolve()}: results.md, results.json, fold_*/ (model/, "
+                              "predictions.npz)")
+    finish_run(run)
     return 0
 
 
-def run(argv=None) -> int:
-    """:func:`main` with video_fer's own errors as a one-line message and exit code 2 (like ``video-fer``)."""
-    try:
-        return main(argv)
-    except VideoFerError as error:
-        print(f"finetune_au: error: {error}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_recipe(main, "finetune_au"))

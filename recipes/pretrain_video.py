@@ -12,51 +12,107 @@ Outputs (``train.output_dir``): ``losses.csv`` (per-step terms), ``validation.cs
 both fields, fusion mask, attention), ``checkpoints/step_*`` (accelerate state, for
 ``--resume``), ``encoder/`` (the action encoder, ``video_fer.load_model``).
 
-The script reads top to bottom: config, data, model, accelerator.prepare, loop, export.
+The script reads top to bottom: its config schema, then config, data, model, accelerator.prepare,
+resume, loop, export (the start and finish shared with the other recipes: video_fer.train.run).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
-import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import set_seed  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from video_fer.checkpoint import save_model  # noqa: E402
-from video_fer.config import config_to_dict, load_config  # noqa: E402
-from video_fer.data.augment import as_float_images, augment_pair  # noqa: E402
-from video_fer.data.cache import FaceTrackCache  # noqa: E402
-from video_fer.data.pairs import FacePairSampler, split_by_identity  # noqa: E402
-from video_fer.data.pretrain_dataset import pair_loader  # noqa: E402
-from video_fer.data.synthetic import build_demo_cache  # noqa: E402
-from video_fer.errors import ConfigError  # noqa: E402
-from video_fer.losses import (HardSampleCurriculum, TAELossWeights, consistency_ramp, ramped_weights,  # noqa: E402
-                              reduce_terms, tae_loss_terms, weighted_total)
-from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder  # noqa: E402
-from video_fer.training import (  # noqa: E402
-    CsvLog,
-    NonFiniteGuard,
-    TrainingDivergedError,
-    cosine_with_warmup,
-    latest_checkpoint,
-    make_optimizer,
-    save_checkpoint,
-    save_image_grid,
-)
+from video_fer.config import config_to_dict, load_config
+from video_fer.data.augment import as_float_images, augment_pair
+from video_fer.data.cache import FaceTrackCache
+from video_fer.data.pairs import FacePairSampler, split_by_identity
+from video_fer.data.pretrain_dataset import pair_loader
+from video_fer.data.synthetic import build_demo_cache
+from video_fer.errors import ConfigError
+from video_fer.faces.alignment import check_encoder_crops
+from video_fer.models.checkpoint import save_encoder
+from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
+from video_fer.train.checkpoints import save_checkpoint, save_final_checkpoint
+from video_fer.train.logs import save_image_grid
+from video_fer.train.loop import NonFiniteGuard, cosine_with_warmup, make_optimizer, mean_over_processes, seeded_generator
+from video_fer.train.losses.tae import (HardSampleCurriculum, TAELossWeights, consistency_ramp, ramped_weights,
+                                        reduce_terms, tae_loss_terms, weighted_total)
+from video_fer.train.run import RecipeRun, finish_run, recipe_parser, resume_state, run_logs, run_recipe, start_run
+from video_fer.train.sections import OptimConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "pretrain_tae.yaml"
 
 
+# ---------------------------------------------------------------------------------- config schema
+@dataclass
+class DataConfig:
+    """Where pairs come from. ``cache: null`` builds the embedded demo cache in the output dir."""
+
+    cache: str | None = None
+    gap: list | None = None  # [min, max] gap between the two frames; null = any gap inside the track
+    gap_unit: str = "frames"  # "frames" or "seconds"
+    pairs_per_epoch: int = 1024
+    val_fraction: float = 0.2  # share of identities held out for the validation loss
+    val_pairs: int = 64
+    num_workers: int = 1
+    augment: bool = True
+    demo_dir: str | None = None  # where the demo cache is built; null = <train.output_dir>/demo_cache
+    demo_frames_per_track: int = 24
+    demo_tracks_per_identity: int = 3
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (keys of TAELossWeights) and the hard-sample curriculum."""
+
+    weights: dict = field(default_factory=dict, metadata={"schema": TAELossWeights})
+    curriculum: bool = False
+    curriculum_patience: int = 15  # epochs without validation improvement before the window moves
+    # [ours] the six embedding-consistency terms are off until this optimiser step, then ramp linearly to
+    # their weight over consistency_warmup_steps (0 and 0: the reference, always on); see video_fer.train.losses.tae.consistency_ramp
+    consistency_warmup_start: int = 0
+    consistency_warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The loop: size, precision, checkpoints, logging."""
+
+    output_dir: str = "runs/pretrain_tae"
+    seed: int = 0
+    batch_size: int = 16
+    epochs: int = 4
+    max_steps: int = 0  # 0: epochs decide
+    grad_accum_steps: int = 1
+    mixed_precision: str = "no"  # "no", "bf16", "fp16" (accelerate)
+    channels_last: bool = False
+    save_every: int = 50  # optimiser steps between accelerator.save_state
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    image_every: int = 100  # steps between PNG grids (0 disables)
+    max_nonfinite_steps: int = 5
+    debug_nan_at_step: int = -1  # testing aid: make the loss NaN from this step on (-1 = never)
+    validate: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``recipes/pretrain_video.py`` reads."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=lambda: {"image_size": 128},
+                        metadata={"schema": TAEConfig})
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------- pieces of the loop
 class TrainingProgress:
     """Where the run is (saved in every checkpoint, so ``--resume`` continues exactly)."""
 
@@ -83,15 +139,6 @@ class TrainingProgress:
             self.curriculum.load_state_dict(state["curriculum"])
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="continue from a checkpoint folder; without a value: the latest in train.output_dir")
-    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. optim.lr=3e-4")
-    return parser.parse_args(argv)
-
-
 def learning_rate(optim, progress: TrainingProgress, total_steps: int) -> float:
     """Warmup then cosine ("cosine"), or warmup then constant with drops on plateau ("plateau", "constant")."""
     if optim.schedule == "cosine":
@@ -104,6 +151,21 @@ def learning_rate(optim, progress: TrainingProgress, total_steps: int) -> float:
 def to_model_input(frames: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     images = as_float_images(frames.to(device, non_blocking=True))
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def training_pair(batch: dict, run: RecipeRun, progress: TrainingProgress, data: DataConfig, channels_last: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source and target faces of one micro-batch on the device: uint8 crops -> float, batched augmentation
+    seeded by the data position (the same draws after a resume)."""
+    source, target = (batch[key].to(run.accelerator.device, non_blocking=True) for key in ("source", "target"))
+    if data.augment:
+        generator = seeded_generator(run.seed, run.rank, progress.epoch, progress.batch_in_epoch)
+        source, target = augment_pair(source, target, generator)
+    else:
+        source, target = as_float_images(source), as_float_images(target)
+    if channels_last:
+        source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
+    return source, target
 
 
 @torch.no_grad()
@@ -137,41 +199,152 @@ def write_image_grid(path: Path, source, target, output) -> None:
     save_image_grid(path, columns)
 
 
+def open_cache(run: RecipeRun, data: DataConfig, image_size: int) -> tuple[FaceTrackCache, Path]:
+    """The face-track cache to train on (``data.cache: null``: the embedded demo, built on the main process)."""
+    if data.cache is not None:
+        return FaceTrackCache(data.cache), Path(data.cache)
+    root = Path(data.demo_dir) if data.demo_dir else run.out / "demo_cache"
+    if run.is_main:  # photos shipped with scikit-image / matplotlib, animated
+        build_demo_cache(root, size=image_size, frames_per_track=data.demo_frames_per_track,
+                         tracks_per_identity=data.demo_tracks_per_identity, seed=run.seed)
+    run.accelerator.wait_for_everyone()
+    return FaceTrackCache(root), root
+
+
+def train_micro_batch(model, source, target, weights, curriculum, config: PretrainConfig, progress: TrainingProgress,
+                      accelerator):
+    """Forward, loss, backward of one micro-batch (call inside ``accelerator.accumulate``).
+
+    Returns ``(output, loss, reduced terms, finite)``; a non-finite loss (every rank agrees) is not
+    backpropagated.
+    """
+    with accelerator.autocast():
+        output = model(source, target)
+        terms = tae_loss_terms(output, source, target)
+        ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
+                                config.loss.consistency_warmup_steps)
+        loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
+    if 0 <= config.train.debug_nan_at_step <= progress.step:  # testing aid: simulate a diverging run
+        loss = loss * float("nan")
+    finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())  # ranks agree
+    if finite:
+        accelerator.backward(loss)
+    return output, loss, reduced, finite
+
+
+def apply_update(model, optimizer, optim: OptimConfig, lr: float, finite_window: bool, accelerator) -> None:
+    """At a gradient-sync step (else nothing): clip, set the LR and step, unless a micro-batch of the window
+    was not finite; then clear the gradients."""
+    if not accelerator.sync_gradients:
+        return
+    if finite_window:
+        if optim.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class Throughput:
+    """Pairs per second and the share of time spent waiting for data, over the steps since the last log row."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.fetch_start = time.perf_counter()
+
+    def reset(self) -> None:
+        self.start, self.pairs, self.data_wait, self.step_time = time.perf_counter(), 0, 0.0, 0.0
+
+    def batch_arrived(self) -> float:
+        now = time.perf_counter()
+        self.data_wait += now - self.fetch_start
+        return now
+
+    def batch_done(self, compute_start: float, pairs: int) -> None:
+        self.pairs += pairs
+        self.step_time += time.perf_counter() - compute_start
+        self.fetch_start = time.perf_counter()
+
+    def values(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        return {"pairs_per_s": self.pairs / max(elapsed, 1e-9),
+                "data_wait_share": self.data_wait / max(self.data_wait + self.step_time, 1e-9)}
+
+
+def epoch_pair_batches(loader, sampler: FacePairSampler, progress: TrainingProgress, batch_size: int,
+                       batches_per_epoch: int, total_steps: int):
+    """The micro-batches left in the current epoch (a resumed run skips the pairs it already trained on)."""
+    sampler.set_epoch(progress.epoch, skip=progress.batch_in_epoch * batch_size)
+    for batch in loader:
+        if progress.batch_in_epoch >= batches_per_epoch or progress.step >= total_steps:
+            return
+        yield batch
+
+
+def log_step(run: RecipeRun, progress: TrainingProgress, lr: float, loss, reduced, source, target, step_ok: bool,
+             throughput: Throughput, loss_log, bar, trackers) -> None:
+    """One losses.csv row: the terms averaged over processes, what the identity warp scores, throughput."""
+    accelerator = run.accelerator
+    values = mean_over_processes(accelerator, reduced)
+    total = float(accelerator.reduce(loss.detach().float(), "mean"))
+    unwarped = float(accelerator.reduce((source - target).abs().mean().detach(), "mean"))
+    row = {"step": progress.step, "epoch": progress.epoch, "lr": lr, "loss": total, **values,
+           "reconstruction_if_unwarped": unwarped,  # L1(I_s, I_t): what the identity warp scores
+           "finite": int(step_ok), **throughput.values()}
+    if run.is_main:
+        loss_log.write(row)
+        bar.set_postfix(loss=f"{total:.4f}", rec=f"{values['reconstruction']:.4f}", pairs_s=f"{row['pairs_per_s']:.1f}")
+    if trackers:
+        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=progress.step)
+    throughput.reset()
+
+
+def end_epoch(run: RecipeRun, model, val_loader, weights, curriculum, optim: OptimConfig, progress: TrainingProgress,
+              channels_last: bool, val_log, bar) -> None:
+    """Validation on the held-out identities drives the curriculum and the plateau schedule; next epoch."""
+    if val_loader is not None:
+        val_total, val_reconstruction, val_unwarped = validate(model, val_loader, weights, run.accelerator,
+                                                               channels_last)
+        improved = progress.best_val is None or val_total < progress.best_val
+        progress.best_val = val_total if improved else progress.best_val
+        progress.epochs_without_improvement = 0 if improved else progress.epochs_without_improvement + 1
+        window_moved = curriculum.step(val_total) if curriculum else False
+        if (optim.schedule == "plateau" and (curriculum is None or curriculum.exhausted)
+                and progress.epochs_without_improvement >= optim.plateau_patience):
+            progress.lr_scale *= optim.plateau_factor
+            progress.epochs_without_improvement = 0
+        if run.is_main:
+            val_log.write({"step": progress.step, "epoch": progress.epoch, "val_loss": val_total,
+                           "val_reconstruction": val_reconstruction, "val_reconstruction_if_unwarped": val_unwarped,
+                           "lr_scale": progress.lr_scale,
+                           "curriculum_window": str(curriculum.window) if curriculum else ""})
+            bar.write(f"epoch {progress.epoch}: validation loss {val_total:.4f}, reconstruction "
+                      f"{val_reconstruction:.4f} (unwarped source: {val_unwarped:.4f})"
+                      + (" (curriculum window moved)" if window_moved else ""))
+    progress.epoch += 1
+    progress.batch_in_epoch = 0
+
+
+# ---------------------------------------------------------------------------------- the recipe
 def main(argv=None) -> int:
     # ---------------------------------------------------------------- config
-    args = parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    args = recipe_parser(__doc__, DEFAULT_CONFIG).parse_args(argv)
+    config = load_config(args.config, args.overrides, schema=PretrainConfig)
     data, train, optim = config.data, config.train, config.optim
-    out = Path(train.output_dir)
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
-    # Several processes and no GPU (`accelerate launch --multi_gpu --num_processes 2` on a CPU machine):
-    # accelerate only picks DDP over gloo when told it runs on the CPU.
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=train.mixed_precision, gradient_accumulation_steps=train.grad_accum_steps,
-                              log_with=trackers, project_dir=str(out), cpu=cpu_processes)
-    set_seed(train.seed)  # identical initial weights on every rank
+    run = start_run(config, train.output_dir, train.seed, train.mixed_precision,
+                    gradient_accumulation_steps=train.grad_accum_steps, log_with=trackers,
+                    project_dir=train.output_dir)
+    accelerator, out, rank, world = run.accelerator, run.out, run.rank, run.world
     # Denormal floats (tiny activations/gradients of the warp decoders) make CPU float math ~10x slower
     # (tools/bench_pretrain.py measures it); GPUs flush them in their kernels anyway.
     torch.set_flush_denormal(True)
-    rank, world = accelerator.process_index, accelerator.num_processes
     model_config = TAEConfig(**config.model)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
 
     # ---------------------------------------------------------------- data
-    if data.cache is None:  # the embedded demo: photos shipped with scikit-image / matplotlib, animated
-        cache_root = Path(data.demo_dir) if data.demo_dir else out / "demo_cache"
-        if accelerator.is_main_process:
-            build_demo_cache(cache_root, size=model_config.image_size, frames_per_track=data.demo_frames_per_track,
-                             tracks_per_identity=data.demo_tracks_per_identity, seed=train.seed)
-        accelerator.wait_for_everyone()
-    else:
-        cache_root = Path(data.cache)
-    cache = FaceTrackCache(cache_root)
-    if cache.size != model_config.image_size:
-        raise ConfigError(f"{cache_root}: crops are {cache.size} px but model.image_size={model_config.image_size}; "
-                          f"set model.image_size={cache.size} or prepare the cache with --size {model_config.image_size}")
+    cache, cache_root = open_cache(run, data, model_config.image_size)
+    check_encoder_crops(cache.alignment, model_config.image_size, f"{cache_root} (model.image_size)")
     train_tracks, val_tracks = split_by_identity(cache.tracks, data.val_fraction, train.seed)
     sampler = FacePairSampler(train_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.pairs_per_epoch,
                               seed=train.seed, rank=rank, world_size=world)
@@ -188,172 +361,75 @@ def main(argv=None) -> int:
     steps_per_epoch = batches_per_epoch // train.grad_accum_steps
     total_steps = train.max_steps or train.epochs * steps_per_epoch
 
-    # ---------------------------------------------------------------- model, optimiser, prepare
+    # ---------------------------------------------------------------- model, optimiser, prepare, resume
     model = TwinCycleAutoencoder(model_config)
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, optim)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the loader is not prepared: the sampler shards by rank
+    model, optimizer = accelerator.prepare(model, make_optimizer(model, optim))  # loader not prepared: the sampler shards
     weights = TAELossWeights(**config.loss.weights)
     curriculum = HardSampleCurriculum(patience=config.loss.curriculum_patience) if config.loss.curriculum else None
     guard = NonFiniteGuard(train.max_nonfinite_steps)
     progress = TrainingProgress(curriculum, guard)
     accelerator.register_for_checkpointing(progress)
-
-    resumed_from = None
-    if args.resume:
-        resumed_from = latest_checkpoint(out) if args.resume == "auto" else Path(args.resume)
-        if resumed_from is not None and not (resumed_from / "model.safetensors").exists():
-            raise ConfigError(f"--resume {resumed_from}: not a finished checkpoint folder; give one of "
-                              f"{out / 'checkpoints'}/step_* or --resume alone for the latest")
-        if resumed_from is None:
-            accelerator.print(f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting from scratch")
-        else:
-            accelerator.load_state(str(resumed_from))
-            accelerator.print(f"resumed from {resumed_from} (step {progress.step}, epoch {progress.epoch})")
+    resumed_from = resume_state(run, args.resume)
+    if resumed_from is not None:
+        accelerator.print(f"resumed from {resumed_from} (step {progress.step}, epoch {progress.epoch})")
     if trackers:
-        flat = {k: str(v) for k, v in config_to_dict(config)["train"].items()}
-        accelerator.init_trackers("pretrain_tae", config=flat)
-    loss_log = CsvLog(out / "losses.csv", resume_after_step=progress.step if resumed_from else None) \
-        if accelerator.is_main_process else None
-    val_log = CsvLog(out / "validation.csv", resume_after_step=progress.step if resumed_from else None) \
-        if accelerator.is_main_process else None
+        accelerator.init_trackers("pretrain_tae", config={k: str(v) for k, v in config_to_dict(config)["train"].items()})
+    loss_log, val_log = run_logs(run, progress.step if resumed_from else None, ("losses.csv", "validation.csv"))
     accelerator.print(f"training {total_steps} steps ({steps_per_epoch} per epoch) on {len(train_tracks)} tracks "
                       f"({len(val_tracks)} held out), {world} process(es), batch {train.batch_size} per process")
 
     # ---------------------------------------------------------------- loop
-    bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_main_process, desc="pretrain")
-    pairs_trained, window_finite, last_checkpoint = 0, True, resumed_from
-    interval_start, interval_pairs, data_wait, step_time = time.perf_counter(), 0, 0.0, 0.0
+    bar = tqdm(total=total_steps, initial=progress.step, disable=not run.is_main, desc="pretrain")
+    pairs_trained, window_finite, last_checkpoint, throughput = 0, True, resumed_from, Throughput()
     model.train()
-    try:
-        while progress.step < total_steps:
-            sampler.set_epoch(progress.epoch, skip=progress.batch_in_epoch * train.batch_size)
-            fetch_start = time.perf_counter()
-            for batch in loader:
-                if progress.batch_in_epoch >= batches_per_epoch or progress.step >= total_steps:
-                    break
-                compute_start = time.perf_counter()
-                data_wait += compute_start - fetch_start
-                # Crops arrive as uint8; augmentation runs batched here, seeded by the data position.
-                generator = torch.Generator().manual_seed(
-                    train.seed * 1_000_003 + rank * 7_919 + progress.epoch * batches_per_epoch + progress.batch_in_epoch)
-                source, target = (batch[k].to(accelerator.device, non_blocking=True) for k in ("source", "target"))
-                if data.augment:
-                    source, target = augment_pair(source, target, generator)
-                else:
-                    source, target = as_float_images(source), as_float_images(target)
-                if train.channels_last:
-                    source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
-
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        output = model(source, target)
-                        terms = tae_loss_terms(output, source, target)
-                        ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
-                                                config.loss.consistency_warmup_steps)
-                        loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
-                    if 0 <= train.debug_nan_at_step <= progress.step:  # testing aid: simulate a diverging run
-                        loss = loss * float("nan")
-                    finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())  # ranks agree
-                    window_finite &= finite
-                    if finite:
-                        accelerator.backward(loss)
-                    progress.batch_in_epoch += 1
-                    pairs_trained += len(source)
-                    interval_pairs += len(source) * world
-                    if accelerator.sync_gradients:
-                        lr = learning_rate(optim, progress, total_steps)
-                        if window_finite:
-                            if optim.grad_clip > 0:
-                                accelerator.clip_grad_norm_(model.parameters(), optim.grad_clip)
-                            for group in optimizer.param_groups:
-                                group["lr"] = lr
-                            optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-
-                if not accelerator.sync_gradients:
-                    step_time += time.perf_counter() - compute_start
-                    fetch_start = time.perf_counter()
-                    continue
-                step_ok, window_finite = window_finite, True
-                progress.step += 1
-                if not step_ok:
-                    accelerator.print(f"step {progress.step}: loss not finite, update skipped "
-                                      f"({guard.in_row + 1} in a row)")
-                guard.update(step_ok, progress.step, last_checkpoint)
-                step_time += time.perf_counter() - compute_start
-
-                if progress.step % train.log_every == 0 or progress.step == total_steps:
-                    values = {name: float(accelerator.reduce(value.detach().float(), "mean")) for name, value in reduced.items()}
-                    total = float(accelerator.reduce(loss.detach().float(), "mean"))
-                    elapsed = time.perf_counter() - interval_start
-                    unwarped = float(accelerator.reduce((source - target).abs().mean().detach(), "mean"))
-                    row = {"step": progress.step, "epoch": progress.epoch, "lr": lr, "loss": total, **values,
-                           "reconstruction_if_unwarped": unwarped,  # L1(I_s, I_t): what the identity warp scores
-                           "finite": int(step_ok), "pairs_per_s": interval_pairs / max(elapsed, 1e-9),
-                           "data_wait_share": data_wait / max(data_wait + step_time, 1e-9)}
-                    if accelerator.is_main_process:
-                        loss_log.write(row)
-                        bar.set_postfix(loss=f"{total:.4f}", rec=f"{values['reconstruction']:.4f}",
-                                        pairs_s=f"{row['pairs_per_s']:.1f}")
-                    if trackers:
-                        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=progress.step)
-                    interval_start, interval_pairs, data_wait, step_time = time.perf_counter(), 0, 0.0, 0.0
-                bar.update(1)
-                if train.image_every and progress.step % train.image_every == 0 and accelerator.is_main_process:
-                    write_image_grid(out / "images" / f"step_{progress.step:08d}.png", source, target, output)
-                if train.save_every and progress.step % train.save_every == 0 and step_ok:  # never mid-divergence
-                    last_checkpoint = save_checkpoint(accelerator, out, progress.step, train.keep_checkpoints)
-                fetch_start = time.perf_counter()
-
-            if progress.batch_in_epoch >= batches_per_epoch:  # end of epoch: validation drives curriculum / plateau
-                if val_loader is not None:
-                    val_total, val_reconstruction, val_unwarped = validate(model, val_loader, weights, accelerator,
-                                                                           train.channels_last)
-                    improved = progress.best_val is None or val_total < progress.best_val
-                    progress.best_val = val_total if improved else progress.best_val
-                    progress.epochs_without_improvement = 0 if improved else progress.epochs_without_improvement + 1
-                    window_moved = curriculum.step(val_total) if curriculum else False
-                    if (optim.schedule == "plateau" and (curriculum is None or curriculum.exhausted)
-                            and progress.epochs_without_improvement >= optim.plateau_patience):
-                        progress.lr_scale *= optim.plateau_factor
-                        progress.epochs_without_improvement = 0
-                    if accelerator.is_main_process:
-                        val_log.write({"step": progress.step, "epoch": progress.epoch, "val_loss": val_total,
-                                       "val_reconstruction": val_reconstruction,
-                                       "val_reconstruction_if_unwarped": val_unwarped, "lr_scale": progress.lr_scale,
-                                       "curriculum_window": str(curriculum.window) if curriculum else ""})
-                        bar.write(f"epoch {progress.epoch}: validation loss {val_total:.4f}, reconstruction "
-                                  f"{val_reconstruction:.4f} (unwarped source: {val_unwarped:.4f})"
-                                  + (" (curriculum window moved)" if window_moved else ""))
-                progress.epoch += 1
-                progress.batch_in_epoch = 0
-    except TrainingDivergedError as error:
-        bar.close()
-        accelerator.print(f"error: {error}")
-        accelerator.end_training()
-        return 2
+    while progress.step < total_steps:
+        for batch in epoch_pair_batches(loader, sampler, progress, train.batch_size, batches_per_epoch, total_steps):
+            compute_start = throughput.batch_arrived()
+            source, target = training_pair(batch, run, progress, data, train.channels_last)
+            with accelerator.accumulate(model):
+                output, loss, reduced, finite = train_micro_batch(model, source, target, weights, curriculum, config,
+                                                                  progress, accelerator)
+                window_finite &= finite
+                progress.batch_in_epoch += 1
+                lr = learning_rate(optim, progress, total_steps)
+                apply_update(model, optimizer, optim, lr, window_finite, accelerator)
+            pairs_trained += len(source)
+            throughput.batch_done(compute_start, len(source) * world)
+            if not accelerator.sync_gradients:
+                continue
+            step_ok, window_finite = window_finite, True
+            progress.step += 1
+            if not step_ok:
+                accelerator.print(f"step {progress.step}: loss not finite, update skipped ({guard.in_row + 1} in a row)")
+            guard.update(step_ok, progress.step, last_checkpoint)  # raises TrainingDivergedError at the limit
+            if progress.step % train.log_every == 0 or progress.step == total_steps:
+                log_step(run, progress, lr, loss, reduced, source, target, step_ok, throughput, loss_log, bar, trackers)
+            bar.update(1)
+            if train.image_every and progress.step % train.image_every == 0 and run.is_main:
+                write_image_grid(out / "images" / f"step_{progress.step:08d}.png", source, target, output)
+            if train.save_every and progress.step % train.save_every == 0 and step_ok:  # never mid-divergence
+                last_checkpoint = save_checkpoint(accelerator, out, progress.step, train.keep_checkpoints)
+        if progress.batch_in_epoch >= batches_per_epoch:
+            end_epoch(run, model, val_loader, weights, curriculum, optim, progress, train.channels_last, val_log, bar)
     bar.close()
 
     # ---------------------------------------------------------------- checkpoint and export
-    if last_checkpoint is None or not str(last_checkpoint).endswith(f"step_{progress.step:08d}"):
-        last_checkpoint = save_checkpoint(accelerator, out, progress.step, train.keep_checkpoints)
-    if accelerator.is_main_process:
-        encoder = accelerator.unwrap_model(model).encoder
-        save_model(encoder, out / "encoder", extra={"step": progress.step, "alignment": cache.alignment.to_dict(),
-                                                    "cache": str(cache_root)})
+    save_final_checkpoint(accelerator, out, progress.step, train.keep_checkpoints, last_checkpoint)
+    if run.is_main:
+        save_encoder(accelerator.unwrap_model(model).encoder, out / "encoder", cache.alignment,
+                     extra={"step": progress.step, "cache": str(cache_root)})
     sampler.set_epoch(0)
     summary = {"rank": rank, "pairs_trained": pairs_trained, "steps": progress.step, "nonfinite_steps": guard.total,
                "first_pairs_epoch0": [list(pair) for pair, _ in zip(sampler, range(4))]}  # ranks draw different pairs
     (out / f"rank_{rank}.json").write_text(json.dumps(summary))
     print(f"[rank {rank}] trained on {pairs_trained} pairs this run; at step {progress.step}", flush=True)
-    accelerator.wait_for_everyone()
     accelerator.print(f"outputs in {out.resolve()}: encoder/ (video_fer.load_model), checkpoints/, losses.csv, "
                       f"validation.csv, images/")
-    accelerator.end_training()
+    finish_run(run)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_recipe(main, "pretrain_video"))
