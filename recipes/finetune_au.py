@@ -491,7 +491,7 @@ def main(argv=None) -> int:
     check_config(config)
     train = config.train
     # finetune: the pose branch (and, with attention streams, the trunk's last block) do not feed phi; DDP must know
-    run = start_run(config, train.output_dir, train.seed, train.mixed_precision,
+    run = start_run(config, train.output_dir, train.seed, train.mixed_precision, record_config=False,  # run.json has it
                     find_unused_parameters=train.mode == "finetune")
     fingerprint = run_fingerprint(config)
 

@@ -134,7 +134,7 @@ def test_embeddings_equal_the_frozen_encoder_on_each_crop_and_the_model_round_tr
     model.eval()
     images = crops.permute(0, 3, 1, 2).float() / 255
     torch.testing.assert_close(model(images), model(direct), rtol=1e-4, atol=1e-5)  # images or embeddings
-    video_fer.models.checkpoint.save_model(model, tmp_path / "model")
+    video_fer.save_model(model, tmp_path / "model")
     loaded = video_fer.load_model(tmp_path / "model")
     assert isinstance(loaded, task_models.AUClassifier) and loaded.config.au_numbers == list(DISFA_AUS)
     probabilities = loaded.predict(images)

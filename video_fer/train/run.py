@@ -87,18 +87,19 @@ class RecipeRun:
 
 
 def start_run(config, output_dir: str | os.PathLike, seed: int, mixed_precision: str = "no", *, threads: int = 0,
-              **accelerator_options) -> RecipeRun:
+              record_config: bool = True, **accelerator_options) -> RecipeRun:
     """Accelerator, seed (identical initial weights on every rank), output folder with ``config.json``.
 
-    ``threads``: torch intra-op threads per process (0: torch's default); ``accelerator_options``
-    go to :func:`make_accelerator`.
+    ``threads``: torch intra-op threads per process (0: torch's default); ``record_config=False``:
+    the recipe records its config itself, once its inputs are read (no folder is made before);
+    ``accelerator_options`` go to :func:`make_accelerator`.
     """
     if threads:
         torch.set_num_threads(threads)
     accelerator = make_accelerator(mixed_precision, **accelerator_options)
     reseed(seed)
     out = Path(output_dir)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and record_config:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
     return RecipeRun(accelerator, out, seed)
