@@ -153,7 +153,7 @@ def test_mediapipe_model_is_found_through_env_and_checksum(isolated_cache, media
 
 # ---------------------------------------------------------------- MediaPipe
 def test_create_landmarker_rejects_unknown_name():
-    with pytest.raises(ConfigError, match="'openpose' is unknown; choose one of mediapipe, fan, precomputed"):
+    with pytest.raises(ConfigError, match="'openpose' is unknown; choose one of mediapipe-zoom, mediapipe, fan, precomputed"):
         create_landmarker("openpose")
 
 

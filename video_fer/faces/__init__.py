@@ -2,7 +2,7 @@
 
 Backends are imported only when created, so ``import video_fer.faces`` stays cheap and works
 without mediapipe / face-alignment installed. The other modules (import them directly):
-``types`` (Face, Landmarker), ``ibug68`` (every iBUG-68 index table), ``boxes``, ``detection``
+``types`` (Face, Landmarker), ``zoom_finder`` (the ``mediapipe-zoom`` front end), ``ibug68`` (every iBUG-68 index table), ``boxes``, ``detection``
 (face detector scores), ``keyframes``, ``tracking`` (stable face ids), ``alignment``
 (AlignmentSpec, similarity alignment), ``crops`` (crop geometry: exact and fast crops),
 ``head_pose``, ``model_files``.
@@ -12,11 +12,20 @@ from __future__ import annotations
 from video_fer.errors import ConfigError
 from video_fer.faces.types import Face, Landmarker
 
-LANDMARKER_NAMES = ("mediapipe", "fan", "precomputed")
+LANDMARKER_NAMES = ("mediapipe-zoom", "mediapipe", "fan", "precomputed")
 
 
 def create_landmarker(name: str, **options) -> Landmarker:
-    """Build a landmarker by name: ``"mediapipe"``, ``"fan"`` or ``"precomputed"``; options go to its class."""
+    """Build a landmarker by name; options go to its class.
+
+    ``"mediapipe-zoom"`` (MediaPipe plus a search for the small and turned faces it misses,
+    :mod:`video_fer.faces.zoom_finder`), ``"mediapipe"`` (MediaPipe's landmarker alone), ``"fan"``
+    (face-alignment) or ``"precomputed"`` (landmark files).
+    """
+    if name == "mediapipe-zoom":
+        from video_fer.faces.zoom_finder import ZoomFaceFinder
+
+        return ZoomFaceFinder(**options)
     if name == "mediapipe":
         from video_fer.faces.mediapipe_backend import MediaPipeLandmarker
 

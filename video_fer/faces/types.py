@@ -17,6 +17,8 @@ class Face:
         landmarks: float32 ``(68, 2)`` iBUG-68 points, pixel ``(x, y)``, origin at the top-left pixel centre.
         native_landmarks: the backend's own points ``(N, 2)`` or ``(N, 3)`` in pixels, or None.
         blendshapes: float32 ``(52,)`` MediaPipe blendshape scores, or None.
+        follow_id: the landmarker's own number for the face when it follows faces between calls
+            (``mediapipe-zoom``): the same number on two calls is the same face; None otherwise.
     """
 
     box: np.ndarray
@@ -24,6 +26,7 @@ class Face:
     landmarks: np.ndarray
     native_landmarks: np.ndarray | None = None
     blendshapes: np.ndarray | None = None
+    follow_id: int | None = None
 
     def __post_init__(self) -> None:
         self.box = np.asarray(self.box, dtype=np.float32).reshape(4)
