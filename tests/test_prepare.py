@@ -13,6 +13,7 @@ from video_fer.data.prepare import prepare_one_video, prepare_videos, sample_fra
 from video_fer.faces.crops import align_in_regions
 from video_fer.errors import CacheError, ConfigError
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68, AlignmentSpec, align_faces, five_points
+from video_fer.video import VideoReader
 
 # --------------------------------------------------------------------------------------------
 # inputs, keys, identities, shards (no video decoding)
@@ -108,11 +109,32 @@ def test_align_in_regions_matches_whole_frame_alignment():
     landmarks, frame_of_face = torch.stack(faces), torch.tensor([0, 1, 2, 2])  # off the left edge, over the bottom, two in one frame
     spec = AlignmentSpec(size=64)
     reference = align_faces(frames, landmarks, spec, frame_index=frame_of_face)
-    crops, matrices, aligned = align_in_regions(frames, landmarks, frame_of_face, spec)
+    crops, matrices, aligned = align_in_regions(frames, landmarks, frame_of_face, spec, shrink_first=False)
     assert crops.shape == (4, 64, 64, 3) and crops.dtype == torch.uint8
     assert (crops.int() - reference.crops.permute(0, 2, 3, 1).int()).abs().max() <= 1
     torch.testing.assert_close(matrices, reference.matrices, atol=2e-3, rtol=0)
     torch.testing.assert_close(aligned, reference.landmarks, atol=2e-3, rtol=0)
+
+
+def test_shrink_first_alignment_keeps_the_geometry_and_the_pixels(shared_videos):
+    """prepare's crops (shrink first: cost flat in the face's size) against the full-resolution Gaussian path,
+    on a real face blown up to ~440 px (where the full-resolution path cost ~70 ms a face)."""
+    import torch.nn.functional as F
+
+    with VideoReader(shared_videos / "single_face.mp4") as reader:
+        frames = reader.get([0, 40])
+    big = F.interpolate(frames.permute(0, 3, 1, 2).float(), scale_factor=2.3, mode="bilinear").round().clamp(0, 255)
+    big = big.to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (2, 828, 1472, 3): the face is ~440 px tall
+    base = torch.from_numpy(CANONICAL_LANDMARKS_68.copy())
+    landmarks = torch.stack([base * 300 + torch.tensor([560.0, 190.0]), base * 200 + torch.tensor([600.0, 260.0])])
+    spec = AlignmentSpec(size=256)
+    crops, matrices, aligned = align_in_regions(big, landmarks, torch.tensor([0, 1]), spec)
+    full_crops, full_matrices, full_aligned = align_in_regions(big, landmarks, torch.tensor([0, 1]), spec,
+                                                               shrink_first=False)
+    torch.testing.assert_close(matrices, full_matrices, atol=1e-3, rtol=0)  # the same source -> crop map
+    torch.testing.assert_close(aligned, full_aligned, atol=1e-3, rtol=0)
+    difference = (crops.int() - full_crops.int()).abs().float()
+    assert difference.mean() < 1.0 and crops.dtype == torch.uint8  # a fraction of a grey level on average
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 - :func:`crop_regions`: the integer source window each face's crop samples (from the
   similarity of :func:`~video_fer.faces.alignment.align_faces`);
-- :func:`gather_regions` + :func:`align_in_regions`: the exact crops of ``video-fer prepare``
-  (kornia, Gaussian anti-aliasing at full resolution) computed on those windows only;
-- :func:`shrink_then_align`: the fast crops of ``video-fer track``: the same similarity (same
-  five points, template and weights, so the crop landmarks are identical), but each face's
-  source window is first shrunk by the integer factor ``k = floor(1 / scale)`` with a box
-  (area) filter, leaving the Gaussian anti-aliasing only the residual ``< 2x`` shrink.
+- :func:`shrink_windows`: each face's window, first shrunk by the integer factor
+  ``k = floor(1 / scale)`` with a box (area) filter, so the Gaussian anti-aliasing and the warp
+  that follow handle only the residual ``< 2x`` shrink and cost the same for any face size;
+- :func:`align_in_regions`: the crops of ``video-fer prepare`` (kornia) on those windows, with the
+  matrices mapped back to source pixels (``shrink_first=False``: the full-resolution Gaussian of
+  :func:`~video_fer.faces.alignment.align_faces`, whose cost grows with the face's size cubed);
+- :func:`shrink_then_align`: the same crops for ``video-fer track``, without kornia.
 
 The fast path's warp and blur are written with ``torch.nn.functional`` (:func:`gaussian_blur`
 and :func:`warp_windows` equal kornia's ``gaussian_blur2d`` and
@@ -18,6 +19,7 @@ kornia (~0.3-0.9 s of start-up). Frames are uint8 ``(T, H, W, 3)``; landmarks fl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -77,14 +79,58 @@ def warp_windows(windows: torch.Tensor, matrices: torch.Tensor, size: int) -> to
     return F.grid_sample(windows, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+@dataclass
+class ShrunkWindows:
+    """Each face's source window, box-filtered by its integer factor (the input of both alignment paths).
+
+    Attributes:
+        windows: float ``(F, 3, h, w)`` (0..255), window f at the top-left, zeros elsewhere.
+        landmarks: ``(F, 68, 2)`` in window pixels.
+        origin: ``(F, 2)`` source position of window pixel ``(0, 0)``'s centre; factor: ``(F,)`` shrink factors
+            (window pixel ``p`` is source pixel ``origin + factor * p``).
+    """
+
+    windows: torch.Tensor
+    landmarks: torch.Tensor
+    origin: torch.Tensor
+    factor: torch.Tensor
+
+
+def shrink_windows(frames: torch.Tensor, landmarks: torch.Tensor, positions: torch.Tensor, spec) -> ShrunkWindows:
+    """Cut each face's source window (:func:`crop_regions`) and average it down by ``k = floor(1 / scale)``.
+
+    One pass over the window, so what follows (blur, warp) runs on about the crop's size whatever the face's
+    size. ``frames`` uint8 ``(T, H, W, 3)``; ``landmarks`` ``(F, 68, 2)`` source pixels; ``positions`` ``(F,)``.
+    """
+    template, weights = spec.template_pixels(), torch.tensor(spec.point_weights)
+    matrices = similarity_from_points(five_points(landmarks), template, weights)
+    factors = torch.floor(1.0 / matrices[:, :, 0].norm(dim=-1)).clamp(min=1).long().tolist()
+    regions = crop_regions(spec, landmarks, frames.shape[1], frames.shape[2]).tolist()
+    windows, origins = [], []
+    for face, ((x0, y0, x1, y1), factor) in enumerate(zip(regions, factors)):
+        # One strided copy per face: windows differ in size (as in gather_regions).
+        window = frames[int(positions[face]), y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0).float()
+        if factor > 1:
+            window = F.avg_pool2d(window, factor, ceil_mode=True)
+        windows.append(window[0])
+        # pooled pixel j averages source pixels j*k .. j*k+k-1: its centre is at j*k + (k-1)/2
+        origins.append([x0 + (factor - 1) / 2, y0 + (factor - 1) / 2])
+    height = max(window.shape[1] for window in windows)
+    width = max(window.shape[2] for window in windows)
+    stacked = torch.zeros((len(windows), 3, height, width))  # zeros: what the warp's padding samples off-frame
+    for face, window in enumerate(windows):
+        stacked[face, :, : window.shape[1], : window.shape[2]] = window
+    origin = torch.tensor(origins, dtype=torch.float32)
+    factor = torch.tensor(factors, dtype=torch.float32)
+    return ShrunkWindows(stacked, (landmarks - origin[:, None, :]) / factor[:, None, None], origin, factor)
+
+
 def shrink_then_align(frames: torch.Tensor, landmarks: torch.Tensor, positions: torch.Tensor, spec
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fast alignment of the faces of a batch of frames.
+    """Fast alignment of the faces of a batch of frames (``track``'s; no kornia import).
 
-    The Gaussian blur of the exact path (:func:`align_in_regions`, ``prepare``'s) runs on the
-    full-resolution window and costs ~8x more at 128 px crops of 640x360 faces; the two crops
-    differ by ~1 grey level of 255 on average on WolfgangLanger_Pexels.mp4, and are identical
-    when no face needs a 2x shrink (256 px crops of such faces).
+    The same windows as :func:`align_in_regions` (:func:`shrink_windows`), blurred and warped with the
+    torch functions of this module; the crops equal :func:`align_in_regions`' to float rounding.
 
     Args:
         frames: uint8 ``(T, H, W, 3)``; landmarks: float32 ``(F, 68, 2)`` source pixels;
@@ -94,30 +140,12 @@ def shrink_then_align(frames: torch.Tensor, landmarks: torch.Tensor, positions: 
         ``(crops float (F, 3, S, S) in [0, 1], crop landmarks (F, 68, 2))``.
     """
     template, weights = spec.template_pixels(), torch.tensor(spec.point_weights)
-    matrices = similarity_from_points(five_points(landmarks), template, weights)
-    factors = torch.floor(1.0 / matrices[:, :, 0].norm(dim=-1)).clamp(min=1).long().tolist()
-    regions = crop_regions(spec, landmarks, frames.shape[1], frames.shape[2]).tolist()
-    windows, window_landmarks = [], []
-    for face, ((x0, y0, x1, y1), factor) in enumerate(zip(regions, factors)):
-        # One strided copy per face: windows differ in size (as in gather_regions).
-        window = frames[int(positions[face]), y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0).float()
-        if factor > 1:
-            window = F.avg_pool2d(window, factor, ceil_mode=True)
-        windows.append(window[0])
-        # pooled pixel j averages source pixels j*k .. j*k+k-1: its centre is at j*k + (k-1)/2
-        window_landmarks.append((landmarks[face] - torch.tensor([x0, y0], dtype=torch.float32) - (factor - 1) / 2)
-                                / factor)
-    height = max(window.shape[1] for window in windows)
-    width = max(window.shape[2] for window in windows)
-    stacked = torch.zeros((len(windows), 3, height, width))  # zeros: what the warp's padding samples off-frame
-    for face, window in enumerate(windows):
-        stacked[face, :, : window.shape[1], : window.shape[2]] = window
-    window_landmarks = torch.stack(window_landmarks)
-    window_matrices = similarity_from_points(five_points(window_landmarks), template, weights)
-    stacked = antialias(stacked, window_matrices[:, :, 0].norm(dim=-1))
+    shrunk = shrink_windows(frames, landmarks, positions, spec)
+    window_matrices = similarity_from_points(five_points(shrunk.landmarks), template, weights)
+    stacked = antialias(shrunk.windows, window_matrices[:, :, 0].norm(dim=-1))
     crops = warp_windows(stacked, window_matrices, spec.size)
     crops = crops.round_().clamp_(0, 255).div_(255.0)  # rounded like uint8 crops, as in training
-    return crops, apply_affine(window_matrices, window_landmarks)
+    return crops, apply_affine(window_matrices, shrunk.landmarks)
 
 
 def crop_regions(spec, landmarks: torch.Tensor, frame_height: int, frame_width: int, margin: int = 2) -> torch.Tensor:
@@ -165,17 +193,32 @@ def gather_regions(frames: torch.Tensor, frame_position: torch.Tensor, regions: 
 
 
 def align_in_regions(frames: torch.Tensor, landmarks: torch.Tensor, frame_position: torch.Tensor, spec,
-                     padding_mode: str = "zeros"):
-    """:func:`~video_fer.faces.alignment.align_faces` on per-face source windows instead of whole frames.
+                     padding_mode: str = "zeros", shrink_first: bool = True):
+    """``prepare``'s crops: :func:`~video_fer.faces.alignment.align_faces` (kornia) on per-face source windows.
 
-    Only the window each crop samples is converted to float and warped (a face crop needs a
-    few percent of a 1080p frame), and the matrices are moved back to source pixels; the
-    result equals ``align_faces(frames, landmarks, spec, frame_index=frame_position)`` to
-    float rounding for ``padding_mode="zeros"``.
+    Only the window each crop samples is converted to float and warped (a face crop needs a few
+    percent of a 1080p frame), and the matrices are moved back to source pixels. With
+    ``shrink_first`` (default) each window is first averaged down by its integer factor
+    (:func:`shrink_windows`), so the cost per face does not grow with the face's size (a 440 px face
+    into a 256 px crop: the Gaussian anti-aliasing of the full-resolution window cost ~70 ms);
+    the matrices and crop landmarks are the same, the pixels differ by the filter (a box then a
+    narrower Gaussian, against one wide Gaussian): a fraction of a grey level on average, and
+    not at all for faces that need less than a 2x shrink. With ``shrink_first=False`` the result
+    equals ``align_faces(frames, landmarks, spec, frame_index=frame_position)`` to float rounding
+    for ``padding_mode="zeros"``.
 
     Returns:
         ``(crops uint8 (B, S, S, 3), matrices float32 (B, 2, 3) source -> crop, landmarks (B, 68, 2) in the crop)``.
     """
+    if shrink_first:
+        shrunk = shrink_windows(frames, landmarks, frame_position, spec)
+        aligned = align_faces(shrunk.windows, shrunk.landmarks, spec, padding_mode=padding_mode)
+        # window -> source: x_window = (x_source - origin) / k, so A_source = A_window / k, t = t_window - A_source origin
+        linear = aligned.matrices[..., :2] / shrunk.factor[:, None, None]
+        translation = aligned.matrices[..., 2] - (linear @ shrunk.origin[..., None])[..., 0]
+        crops = aligned.crops.round().clamp(0, 255).to(torch.uint8) if aligned.crops.dtype != torch.uint8 \
+            else aligned.crops
+        return crops.permute(0, 2, 3, 1).contiguous(), torch.cat([linear, translation[..., None]], -1), aligned.landmarks
     regions = crop_regions(spec, landmarks, frames.shape[1], frames.shape[2])
     windows = gather_regions(frames, frame_position, regions)
     offsets = regions[:, :2].float()  # (B, 2) window origin in source pixels
