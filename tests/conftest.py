@@ -48,3 +48,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def shared_media():
+    """Decoded shared media for the generated face clips (video_fer.evaluate.face_clips), each read once per run."""
+    from video_fer.evaluate.face_clips import SharedMedia
+
+    _shared_path("models", "mediapipe", "face_landmarker.task")
+    _shared_path("data", "videos")
+    return SharedMedia(SHARED)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from video_fer.evaluate.face_clips import (CLIP_NAMES, MULTI_FACE_BOXES, SharedMedia, build_clip, no_face_clips,
+from video_fer.evaluate.face_clips import (CLIP_NAMES, MULTI_FACE_BOXES, build_clip, no_face_clips,
                                            paste_face)
 from video_fer.evaluate.face_finding import (drop_short_tracks, find_faces_in_frames, match_faces, score_clip,
                                              score_video)
@@ -71,10 +71,8 @@ def test_match_faces_counts_found_and_false():
 
 # ---------------------------------------------------------------- generated clips
 @pytest.fixture(scope="module")
-def media():
-    if not MODEL.exists():
-        pytest.skip(f"needs {SHARED} (the shared test assets beside the project); not present here")
-    return SharedMedia(SHARED)
+def media(shared_media):
+    return shared_media
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Per video, in bounded memory: frames are decoded in batches (optionally subsampled to a
 target fps by timestamp), the landmarker finds the faces of each batch, the incremental
-:class:`~video_fer.faces.tracking.FaceTracker` links them into tracks, all faces of the
+:class:`~video_fer.faces.identity.PersonTracker` links them into tracks, one per person even
+across short absences (a batch waits until its faces' people are decided), all faces of the
 batch are aligned by one batched kornia warp (of per-face source windows, not whole
 frames: :mod:`video_fer.faces.crops`), and each crop goes straight into its track's open mp4 encoder. A track's temp
 files are renamed into place when the track ends; the video's manifest is written after
@@ -98,6 +99,8 @@ class PrepareConfig:
     min_track_frames: int | None = None  # None: DEFAULT_MIN_TRACK_SECONDS at the processed rate, >= 2
     batch_size: int = DEFAULT_BATCH_SIZE
     tracker_options: dict[str, Any] = field(default_factory=dict)
+    # PersonTracker options (video_fer.faces.identity): tracks of one person across gaps share one cache track
+    identity_options: dict[str, Any] = field(default_factory=dict)
     encoder_options: dict[str, Any] = field(default_factory=dict)
     padding_mode: str = "zeros"
     # Align + encode in a background thread, overlapping the landmarker. Off by default: on the
@@ -190,8 +193,8 @@ class _Batch:
     positions: np.ndarray  # (F,) frame of each face inside the batch
     landmarks: np.ndarray  # (F, 68, 2)
     faces: list  # F Face objects
-    track_ids: list[int]  # F tracker ids
-    closed_tracks: list  # FaceTrack objects the tracker closed after this batch
+    track_ids: list[int]  # F person ids (video_fer.faces.identity), or FaceTracker ids until released
+    closed_tracks: list[int]  # people who can no longer continue, closed after this batch
 
 
 class _TrackWriterStage:
@@ -245,10 +248,12 @@ class _TrackWriterStage:
                 self.writer.open_track(name, self.track_fps, **self.config.encoder_options))
         return state
 
-    def close_tracks(self, finished: Iterable) -> None:
-        """Put finished tracks in place (or drop the short ones) and record their rows."""
-        for track in finished:
-            state = self.open_tracks.pop(track.track_id)
+    def close_tracks(self, finished: Iterable[int]) -> None:
+        """Put finished tracks (person ids) in place (or drop the short ones) and record their rows."""
+        for track_id in finished:
+            state = self.open_tracks.pop(track_id, None)
+            if state is None:
+                continue
             if len(state.positions) < self.min_frames:
                 state.writer.abort()
                 self.dropped.append(len(state.positions))
@@ -270,6 +275,20 @@ class _TrackWriterStage:
         self.rows.clear()
 
 
+def _released(held: list[_Batch], people, final: bool) -> Iterator[_Batch]:
+    """The held batches whose faces all have their person decided (all of them when ``final``), oldest first,
+    with person ids in place of track ids and the faces of dropped (too short) tracks removed."""
+    while held and (final or all(people.decided(track_id) for track_id in held[0].track_ids)):
+        batch = held.pop(0)
+        person_ids = [people.person_of(track_id) for track_id in batch.track_ids]
+        keep = [number for number, person in enumerate(person_ids) if person is not None]
+        batch.positions, batch.landmarks = batch.positions[keep], batch.landmarks[keep]
+        batch.faces = [batch.faces[number] for number in keep]
+        batch.track_ids = [person_ids[number] for number in keep]
+        batch.closed_tracks = people.pop_ended_people()
+        yield batch
+
+
 def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config: PrepareConfig,
                       on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline on one video and commit its manifest; returns the manifest.
@@ -281,7 +300,7 @@ def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config
     track get a ``skipped`` manifest with the reason. Other errors propagate after the
     video's temp files are removed (the video has no manifest, so a rerun retries it).
     """
-    from video_fer.faces.tracking import FaceTracker
+    from video_fer.faces.identity import PersonTracker, confirmation_frames
     from video_fer.video import VideoReader
 
     started = time.perf_counter()
@@ -303,7 +322,11 @@ def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config
                         processed_fps=track_fps, processed_frames=int(len(frame_indices)))
         has_face = np.zeros(len(frame_indices), bool)
         stage = _TrackWriterStage(video, writer, config, backend, track_fps, reader.timestamps, len(frame_indices), clock)
-        tracker = FaceTracker(**{**config.tracker_options, "min_track_frames": 1})  # short tracks are dropped by the stage
+        # person ids across gaps; false faces shorter than a few frames never reach a track (the stage drops
+        # people shorter than min_frames when they end)
+        people = PersonTracker(track_fps, config.tracker_options, **{
+            "min_frames": min(confirmation_frames(track_fps), stage.min_frames), **config.identity_options})
+        held: list[_Batch] = []  # batches whose faces' people are not all decided yet
         landmarker.start_clip(str(video.path), reader.fps)
 
         processed = 0
@@ -317,23 +340,28 @@ def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config
             with clock("landmarks"):
                 per_frame_faces = landmarker(frames, batch_indices, reader.timestamps[batch_indices])
             with clock("tracking"):
-                track_ids = [tracker.update(int(index), faces) for index, faces in zip(batch_indices, per_frame_faces)]
+                track_ids = [people.update(int(index), faces, frames[row].numpy())
+                             for row, (index, faces) in enumerate(zip(batch_indices, per_frame_faces))]
             has_face[processed:processed + len(batch_indices)] = [len(faces) > 0 for faces in per_frame_faces]
             positions, landmarks, faces = _faces_to_arrays(per_frame_faces)
-            work = _Batch(processed, batch_indices, frames, positions, landmarks, faces,
-                          [track_id for ids in track_ids for track_id in ids], tracker.pop_closed_tracks())
-            if config.pipelined:
-                if pending is not None:
-                    pending.result()  # at most one batch waits: memory stays bounded, errors surface here
-                pending = background.submit(stage.write_batch, work)
-            else:
-                stage.write_batch(work)
+            held.append(_Batch(processed, batch_indices, frames, positions, landmarks, faces,
+                               [track_id for ids in track_ids for track_id in ids], []))
+            for work in _released(held, people, final=False):
+                if config.pipelined:
+                    if pending is not None:
+                        pending.result()  # at most one batch waits: memory stays bounded, errors surface here
+                    pending = background.submit(stage.write_batch, work)
+                else:
+                    stage.write_batch(work)
             processed += len(batch_indices)
             if on_frames is not None:
                 on_frames(len(batch_indices))
         if pending is not None:
             pending.result()
-        stage.close_tracks(tracker.finish())
+        remaining = people.finish()
+        for work in _released(held, people, final=True):
+            stage.write_batch(work)
+        stage.close_tracks(remaining)
         reader.close()
     except (VideoReadError, LabelFileError) as error:
         background.shutdown(wait=True, cancel_futures=True)
@@ -439,6 +467,7 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
                    size: int = 256, fps: float | None = None, min_track_frames: int | None = None,
                    workers: int = 1, shard: tuple[int, int] = (0, 1), batch_size: int = DEFAULT_BATCH_SIZE,
                    progress: bool = True, tracker_options: Mapping[str, Any] | None = None,
+                   identity_options: Mapping[str, Any] | None = None,
                    encoder_options: Mapping[str, Any] | None = None, pipelined: bool = False,
                    torch_threads_per_worker: int = 1) -> PrepareSummary:
     """Build (or resume) a face-track cache from videos.
@@ -457,6 +486,9 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
         batch_size: frames decoded and searched at once (bounds memory).
         progress: show a tqdm bar (videos, frames/s).
         tracker_options: :class:`~video_fer.faces.tracking.FaceTracker` arguments.
+        identity_options: :class:`~video_fer.faces.identity.PersonTracker` arguments: a person who is gone
+            for a while (up to 2 s, or longer when the face comes back where it left and looks the same)
+            stays one cache track; ``{"link": False, "min_frames": 1}`` gives one cache track per FaceTracker track.
         encoder_options: :class:`~video_fer.data.cache.TrackVideoWriter` x264 arguments (crf, gop, preset, threads).
         pipelined: align and encode in a background thread while the landmarker reads the next batch
             (for machines with idle cores; see :class:`PrepareConfig`).
@@ -474,6 +506,7 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
         inputs = [inputs]
     config = PrepareConfig(size=int(size), fps=None if fps is None else float(fps), min_track_frames=None if min_track_frames is None else int(min_track_frames),
                            batch_size=int(batch_size), tracker_options=dict(tracker_options or {}),
+                           identity_options=dict(identity_options or {}),
                            encoder_options=dict(encoder_options or {}), pipelined=bool(pipelined))
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")

@@ -282,6 +282,18 @@ class FaceTracker:
             (still_active if missed <= self.max_gap else self._closed).append(track)
         self._active = still_active
 
+    def active_track_ids(self) -> list[int]:
+        """Ids of the tracks that can still continue."""
+        return [track.track_id for track in self._active]
+
+    def close_track(self, track_id: int) -> None:
+        """End an active track now (e.g. its face was found to continue in another track)."""
+        for track in self._active:
+            if track.track_id == track_id:
+                self._active.remove(track)
+                self._closed.append(track)
+                return
+
     def _export(self, states: list[_TrackState]) -> list[FaceTrack]:
         kept = [state for state in states if len(state.frame_indices) >= self.min_track_frames]
         return [state.to_track() for state in sorted(kept, key=lambda state: state.track_id)]
