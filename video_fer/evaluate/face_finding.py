@@ -99,6 +99,30 @@ def find_faces_in_frames(landmarker, frames: np.ndarray, timestamps: np.ndarray,
     return faces, (time.process_time() - started) / max(len(frames), 1) * 1000
 
 
+def find_faces_with_keyframes(landmarker, frames: np.ndarray, timestamps: np.ndarray, every: int,
+                              batch_size: int = 32) -> tuple[list[list], float]:
+    """As :func:`find_faces_in_frames`, through :class:`~video_fer.faces.keyframes.KeyframeLandmarks` (landmarks on
+    every ``every``-th frame, the rest interpolated or filled, as ``track``)."""
+    import torch
+
+    from video_fer.faces.keyframes import KeyframeLandmarks
+
+    keyframes = KeyframeLandmarks(landmarker, every)
+    keyframes.start_clip(None, None)
+    faces: list[list] = []
+    started = time.process_time()
+    try:
+        for start in range(0, len(frames), batch_size):
+            stop = min(start + batch_size, len(frames))
+            chunk = keyframes.push(np.arange(start, stop), timestamps[start:stop], torch.from_numpy(frames[start:stop]))
+            faces += [] if chunk is None else chunk.faces
+        chunk = keyframes.finish()
+        faces += [] if chunk is None else chunk.faces
+    finally:
+        keyframes.close()
+    return faces, (time.process_time() - started) / max(len(frames), 1) * 1000
+
+
 def drop_short_tracks(faces: Sequence[Sequence], min_frames: int, **tracker_options) -> list[list]:
     """Remove the faces whose track (:class:`~video_fer.faces.tracking.FaceTracker`) has fewer than ``min_frames`` faces."""
     from video_fer.faces.tracking import track_faces

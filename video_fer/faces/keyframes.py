@@ -11,10 +11,22 @@ between the linear mix of the landmarks of the two keyframes around it::
 own faces, so the network still runs on every frame's aligned face.
 
 The keyframes must agree for a mix to make sense: the same number of faces, each face of ``a``
-overlapping one face of ``b`` (box IoU >= ``min_iou``) of a similar size. Where they do not
-(a face appears, leaves, or the shot cuts) the frames in between are landmarked one by one
-(``gap_landmarker``), so a face that appears between two keyframes is found on the frame
-where the landmarker would find it, not up to ``every - 1`` frames late.
+paired with one face of ``b``: the same ``follow_id`` (a landmarker that follows faces says
+which is which, however far they moved), else a box overlap (IoU >= ``min_iou``) at a similar
+size. Where they do not (a face appears, leaves, or the shot cuts) the frames in between are
+landmarked one by one, so a face that appears between two keyframes is found on the frame where
+the landmarker would find it, not up to ``every - 1`` frames late.
+
+A landmarker that offers ``probe(frame) -> boxes`` (one detector call) and ``landmark_at(frame,
+boxes) -> faces`` (landmarks on crops around the boxes, frames in any order), as
+:class:`~video_fer.faces.zoom_finder.ZoomFaceFinder` does, also keeps the faces seen only between
+keyframes (every-frame landmarking would find them; the keyframes alone would not):
+
+- between two keyframes without a face, the middle frame is probed; when the probe finds a face,
+  the frames in between are landmarked;
+- the frames between keyframes that disagree are landmarked with ``landmark_at`` around the faces of
+  both keyframes and the probe's detections (small and turned faces stay found: the crops zoom on
+  them), instead of the ``gap_landmarker`` on whole frames.
 
 Streaming: frames after the latest keyframe wait (at most ``every - 1`` frames plus one batch)
 until the next keyframe arrives; :meth:`KeyframeLandmarks.finish` landmarks the clip's last
@@ -64,8 +76,10 @@ def match_keyframe_faces(faces_a: Sequence[Face], faces_b: Sequence[Face], min_i
                          max_size_change: float = DEFAULT_MAX_SIZE_CHANGE) -> list[tuple[int, int]] | None:
     """Pair the faces of two keyframes one to one, or None when they disagree.
 
-    Greedy by box overlap (a handful of faces at most); each pair must overlap by
-    ``min_iou`` and differ in size (``sqrt(w * h)``) by at most ``max_size_change`` times.
+    Faces with the same ``follow_id`` pair first (the landmarker followed that face from one
+    keyframe to the other); the others greedily by box overlap (a handful of faces at most):
+    each such pair must overlap by ``min_iou`` and differ in size (``sqrt(w * h)``) by at most
+    ``max_size_change`` times.
 
     Returns:
         ``[(index in a, index in b), ...]`` in the order of ``faces_a`` (empty when both have
@@ -75,6 +89,26 @@ def match_keyframe_faces(faces_a: Sequence[Face], faces_b: Sequence[Face], min_i
         return None
     if not faces_a:
         return []
+    pairs: dict[int, int] = {}
+    ids_b = {face.follow_id: b for b, face in enumerate(faces_b) if face.follow_id is not None}
+    for a, face in enumerate(faces_a):
+        if face.follow_id is not None and face.follow_id in ids_b:
+            pairs[a] = ids_b.pop(face.follow_id)
+    rest_a = [a for a in range(len(faces_a)) if a not in pairs]
+    rest_b = [b for b in range(len(faces_b)) if b not in pairs.values()]
+    if not rest_a:
+        return sorted(pairs.items())
+    by_overlap = _match_by_overlap([faces_a[a] for a in rest_a], [faces_b[b] for b in rest_b], min_iou,
+                                   max_size_change)
+    if by_overlap is None:
+        return None
+    pairs.update({rest_a[a]: rest_b[b] for a, b in by_overlap})
+    return sorted(pairs.items())
+
+
+def _match_by_overlap(faces_a: Sequence[Face], faces_b: Sequence[Face], min_iou: float,
+                      max_size_change: float) -> list[tuple[int, int]] | None:
+    """Greedy one-to-one pairs by box overlap under the size gate (same counts, at least one face), or None."""
     boxes_a = np.stack([face.box for face in faces_a])
     boxes_b = np.stack([face.box for face in faces_b])
     overlap = box_iou(boxes_a, boxes_b)
@@ -126,7 +160,8 @@ def interpolate_faces(faces_a: Sequence[Face], faces_b: Sequence[Face], pairs: S
         blendshapes = _mix(face_a.blendshapes, face_b.blendshapes, weights)
         for m in range(len(weights)):
             per_frame[m].append(Face(box=boxes[m], score=float(scores[m]), landmarks=landmarks[m],
-                                     native_landmarks=native[m], blendshapes=blendshapes[m]))
+                                     native_landmarks=native[m], blendshapes=blendshapes[m],
+                                     follow_id=face_a.follow_id))
     return per_frame
 
 
@@ -144,7 +179,8 @@ class KeyframeLandmarks:
         min_iou, max_size_change: when two keyframes' faces count as the same faces
             (:func:`match_keyframe_faces`).
 
-    Counters (per clip): ``keyframes``, ``interpolated``, ``gap_filled`` frames.
+    Counters (per clip): ``keyframes``, ``interpolated``, ``gap_filled`` frames, ``probes`` (detector calls
+    between empty or disagreeing keyframes, for a landmarker with ``probe``).
     """
 
     def __init__(self, landmarker, every: int = DEFAULT_LANDMARK_EVERY, gap_landmarker=None,
@@ -165,7 +201,7 @@ class KeyframeLandmarks:
         self._seen = 0  # processed frames pushed so far in this clip
         self._pending: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []  # frames after the latest keyframe
         self._last_key: tuple[int, list[Face]] | None = None  # (position, faces) of the latest keyframe
-        self.keyframes = self.interpolated = self.gap_filled = 0
+        self.keyframes = self.interpolated = self.gap_filled = self.probes = 0
 
     def start_clip(self, source: str | None = None, fps: float | None = None) -> None:
         """New clip: forget buffered frames and the previous keyframe; restart the landmarkers."""
@@ -234,19 +270,33 @@ class KeyframeLandmarks:
 
     def _fill(self, faces, source, previous, current, first_position, start, stop, frames, indices, timestamps):
         """Faces of buffer rows ``start..stop-1``, between keyframes ``previous`` and ``current`` ((position, faces))."""
+        import torch
+
         pairs = None
         if previous is not None:
             pairs = match_keyframe_faces(previous[1], current[1], self.min_iou, self.max_size_change)
-        import torch
-
         rows = np.arange(start, stop)
+        probe = getattr(self.landmarker, "probe", None)
+        around = [] if previous is None else [face.box for face in previous[1]]
+        around += [face.box for face in current[1]]
+        if probe is not None and (pairs is None or pairs == []):
+            # a face seen only between these keyframes: one detector call on the middle frame looks for it
+            self.probes += 1
+            found = probe(np.asarray(frames[int(rows[len(rows) // 2])]))
+            if pairs == [] and found:
+                pairs = None  # both keyframes empty, yet a face in between: look at every frame
+            around += list(found)
         if pairs is not None:
             weights = (rows + first_position - previous[0]) / (current[0] - previous[0])
             for row, found in zip(rows.tolist(), interpolate_faces(previous[1], current[1], pairs, weights)):
                 faces[row] = found
             self.interpolated += len(rows)
             return
-        found = self._gap_landmarker()(frames[torch.from_numpy(rows)], indices[rows], timestamps[rows])
+        landmark_at = getattr(self.landmarker, "landmark_at", None)
+        if landmark_at is not None:  # crops around the faces and detections: small and turned faces are kept
+            found = [landmark_at(np.asarray(frames[row]), around) for row in rows.tolist()]
+        else:
+            found = self._gap_landmarker()(frames[torch.from_numpy(rows)], indices[rows], timestamps[rows])
         for row, faces_of_row in zip(rows.tolist(), found):
             faces[row] = list(faces_of_row)
         source[rows] = GAP_FILLED

@@ -58,6 +58,7 @@ CUT_DIFFERENCE = 40.0  # mean absolute change of the frame thumbnail (grey level
 THUMBNAIL_ROWS = 24
 MIN_CROP, MAX_CROP = 192, 384  # crop sizes given to a follower (px)
 REZOOM_RATIO = 1.3  # a follower's crop side changes only when its face's size changed this much
+MAX_SIZE_CHANGE = 1.5  # a follower's face changing size more than this from one call to the next is not its face
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
@@ -154,17 +155,25 @@ class _Follower:
     lost: int = 0  # calls in a row without its face
     score: float = 0.5
     side: float = 0.0  # crop side in frame px, kept steady: MediaPipe tracks in the crop's coordinates
+    tracking: bool = False  # its landmarker returned a face on its last call (it tracks it; else it detects)
 
     def predicted(self, call: int) -> np.ndarray:
-        """Box ``(4,)`` at call number ``call``: constant velocity from the last two observations (at most 10 calls ahead)."""
+        """Box ``(4,)`` at call number ``call``: the last box moved on at the centre's constant velocity (from the
+        last two observations, at most a face a call, for at most 10 calls)."""
         last_call, last = self.boxes[-1]
         if len(self.boxes) < 2:
             return last
         before_call, before = self.boxes[-2]
-        velocity = (last - before) / max(last_call - before_call, 1)
+        velocity = (_centre(last) - _centre(before)) / max(last_call - before_call, 1)
         size = _side(last)
         velocity = np.clip(velocity, -size, size)  # a jump is not a velocity
-        return last + velocity * min(call - last_call, 10)
+        shift = velocity * min(call - last_call, 10)
+        return last + np.r_[shift, shift]
+
+    def search_region(self, call: int) -> tuple[np.ndarray, float]:
+        """Centre ``(2,)`` and side of the crop to look in: the crop moves with the predicted face (so the face stays
+        where MediaPipe saw it in the crop); once lost, it grows 10 % a call."""
+        return _centre(self.predicted(call)), self.side * (1.0 + 0.1 * min(self.lost, 10))
 
 
 class ZoomFaceFinder:
@@ -180,8 +189,11 @@ class ZoomFaceFinder:
             except on the first call and after cuts).
         crop_scale: a follower's crop side over its face's size.
         max_lost_calls: a follower that misses its face this many calls in a row stops.
-        match_iou: a follower's new face must overlap the follower's prediction this much (unless it was lost).
-        min_detection_confidence: detector score for a tile detection to start a follower; also MediaPipe's.
+        max_jump: a follower's new face must lie within this many face sizes (centre to centre) of the segment from
+            its last face to its prediction, unless it was lost (another face in the crop is not its face).
+        search_confidence: detector score for a tile detection to start a follower (also the probe's). [ours] 0.7:
+            on the generated clips small, turned and group faces scored 0.85-0.96 in tiles, cartoon scenery up to 0.69.
+        min_detection_confidence: MediaPipe's, for the landmarkers' own detectors (whole frame and crops).
         min_presence_confidence, min_tracking_confidence, blendshapes, box_padding, detector_scores, download:
             as :class:`~video_fer.faces.mediapipe_backend.MediaPipeLandmarker` (the whole-frame landmarker).
 
@@ -192,7 +204,7 @@ class ZoomFaceFinder:
 
     def __init__(self, model_path: str | Path | None = None, num_faces: int = 8, min_face: float = 40.0,
                  tiles_per_call: float = 0.5, crop_scale: float = 2.0, max_lost_calls: int = 15,
-                 match_iou: float = 0.1, min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
+                 max_jump: float = 1.0, search_confidence: float = 0.7, min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, blendshapes: bool = True, box_padding: float = 0.0,
                  detector_scores: bool = True, download: bool = True):
         from mediapipe.tasks.python import BaseOptions, vision
@@ -209,8 +221,8 @@ class ZoomFaceFinder:
         self.model_path = self.whole.model_path
         self.num_faces, self.min_face = int(num_faces), float(min_face)
         self.tiles_per_call, self.crop_scale = float(tiles_per_call), float(crop_scale)
-        self.max_lost_calls, self.match_iou = int(max_lost_calls), float(match_iou)
-        self.min_detection_confidence = float(min_detection_confidence)
+        self.max_lost_calls, self.max_jump = int(max_lost_calls), float(max_jump)
+        self.min_detection_confidence, self.search_confidence = float(min_detection_confidence), float(search_confidence)
         self.min_presence_confidence = float(min_presence_confidence)
         self.min_tracking_confidence = float(min_tracking_confidence)
         self.blendshapes, self.box_padding = bool(blendshapes), float(box_padding)
@@ -218,7 +230,7 @@ class ZoomFaceFinder:
         self._finalizer = weakref.finalize(self, _close_tasks, self._tasks)
         self._detector = vision.FaceDetector.create_from_options(vision.FaceDetectorOptions(
             base_options=BaseOptions(model_asset_buffer=self._read_detector()), running_mode=vision.RunningMode.IMAGE,
-            min_detection_confidence=self.min_detection_confidence))
+            min_detection_confidence=self.search_confidence))
         self._tasks.append(self._detector)
         self._still = None  # IMAGE-mode landmarker of landmark_at, made on first need
         self._idle: list = []  # follower landmarkers not in use (reset before reuse)
@@ -283,13 +295,15 @@ class ZoomFaceFinder:
         return landmarker
 
     def _release(self, follower: _Follower) -> None:
-        """A stopped follower's landmarker sees one blank frame (it forgets the face) and waits for reuse."""
+        """A stopped follower's landmarker waits for reuse; if it still tracks a face, it sees one blank frame first
+        (it forgets the face)."""
         import mediapipe as mp
 
         if follower in self._followers:
             self._followers.remove(follower)
-        blank = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((MIN_CROP, MIN_CROP, 3), np.uint8))
-        follower.landmarker.detect_for_video(blank, self._stamp(follower.landmarker, 0))
+        if follower.tracking:
+            blank = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((MIN_CROP, MIN_CROP, 3), np.uint8))
+            follower.landmarker.detect_for_video(blank, self._stamp(follower.landmarker, 0))
         self._idle.append(follower.landmarker)
 
     def _stamp(self, landmarker, wanted_ms: int) -> int:
@@ -395,18 +409,36 @@ class ZoomFaceFinder:
                 detections.append((box + np.array([x0, y0, x0, y0]), score))
         detections.sort(key=lambda item: -item[1])
         for box, score in detections:
-            known = [face.box for face in found] + [f.predicted(call) for f in self._followers]
-            if covered(box, known) or len(found) >= self.num_faces:
+            if covered(box, [face.box for face in found]) or len(found) >= self.num_faces:
                 continue
             centre, size = _centre(box), DETECTION_TO_MESH * _side(box)
             start = np.r_[centre - size / 2, centre + size / 2]
-            follower = _Follower(self._new_id(), self._new_landmarker(), [(call - 1, start)], score=score)
-            self._followers.append(follower)
+            # a follower that lost its face and searches around here takes it (one id, no duplicate follower)
+            follower = owner = self._lost_owner(centre, call)
+            if follower is None:
+                follower = _Follower(self._new_id(), self._new_landmarker(), score=score)
+                self._followers.append(follower)
+            lost, follower.lost, follower.boxes, follower.side = follower.lost, 0, [(call - 1, start)], 0.0
             face = self._follow(follower, frame, call, timestamp, found, first=True)
-            if face is None:
+            if face is not None:
+                follower.boxes = follower.boxes[-1:]  # the detector's box gives no velocity
+                found.append(face)
+            elif owner is None:  # a new follower whose detection the landmarker did not confirm
                 self._release(follower)
             else:
-                found.append(face)
+                owner.lost = lost + 1
+
+    def _lost_owner(self, centre: np.ndarray, call: int) -> _Follower | None:
+        """The lost follower whose search region holds ``centre`` (the nearest), if any."""
+        best, best_distance = None, np.inf
+        for follower in self._followers:
+            if not follower.lost:
+                continue
+            middle, side = follower.search_region(call)
+            distance = float(np.abs(centre - middle).max())
+            if distance <= side / 2 and distance < best_distance:
+                best, best_distance = follower, distance
+        return best
 
     def _detect(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
         """The bundle's detector on one image: ``[(box (4,) float64 image px, score)]``."""
@@ -427,17 +459,18 @@ class ZoomFaceFinder:
         predicted = follower.predicted(call)
         if not follower.side:
             follower.side = self.crop_scale * _side(predicted)
+        centre, side = follower.search_region(call)
         others = [face.box for face in found]
         face = None
-        # MediaPipe tracks from its previous landmarks and detects on its next call when that fails: a miss is
-        # retried at once on a wider crop (a detection around the prediction)
-        for attempt in range(2 if not follower.lost else 1):
-            side = follower.side * (1.0 + 0.1 * min(follower.lost, 10)) * (1.5 if attempt else 1.0)
-            face = self._landmark_crop(follower, frame, _centre(predicted), side, timestamp,
-                                       others if (follower.lost or first) else [])
-            if face is not None and not follower.lost and not first \
-                    and box_iou(face.box[None], predicted[None].astype(np.float32))[0, 0] < self.match_iou:
-                face = None  # another face in the crop: not this follower's
+        # MediaPipe tracks from its previous landmarks and detects only on its next call when that fails: a lost
+        # track is retried at once on a wider crop (a detection around the prediction)
+        for attempt in range(2 if follower.tracking else 1):
+            used = side * (1.5 if attempt else 1.0)
+            face = self._landmark_crop(follower, frame, centre, used, timestamp, others if (follower.lost or first) else [])
+            if face is not None and not first and not follower.lost and (
+                    self._jump(follower, face, predicted) > self.max_jump
+                    or abs(np.log(_side(face.box) / _side(follower.boxes[-1][1]))) > np.log(MAX_SIZE_CHANGE)):
+                face = None  # far from where the face was or was going, or another size: not its face (or a bad mesh)
             if face is not None and covered(face.box, others, min_iou=SAME_FACE_IOU):
                 face = None  # a face someone else has
             if face is not None:
@@ -448,12 +481,21 @@ class ZoomFaceFinder:
                 self._release(follower)
             return None
         follower.lost = 0
-        follower.boxes = (follower.boxes + [(call, face.box.astype(np.float64))])[-2:]
+        follower.boxes = follower.boxes[-1:] + [(call, face.box.astype(np.float64))]
+        # the crop keeps its side (MediaPipe tracks in the crop's coordinates) until the face's size changed a lot
         wanted = self.crop_scale * _side(face.box)
         if abs(np.log(wanted / follower.side)) > np.log(REZOOM_RATIO):
             follower.side = wanted
         face.follow_id, face.score = follower.follow_id, follower.score
         return face
+
+    @staticmethod
+    def _jump(follower: _Follower, face: Face, predicted: np.ndarray) -> float:
+        """Distance, in face sizes, from the new face's centre to the segment from the last face to the prediction."""
+        last = _centre(follower.boxes[-1][1])
+        path = _centre(predicted) - last
+        along = float(np.clip((_centre(face.box) - last) @ path / max(float(path @ path), 1e-9), 0.0, 1.0))
+        return float(np.linalg.norm(_centre(face.box) - (last + along * path))) / max(_side(face.box), 1.0)
 
     def _landmark_crop(self, follower: _Follower, frame: np.ndarray, centre, side: float, timestamp: float,
                        painted_out: list) -> Face | None:
@@ -469,6 +511,7 @@ class ZoomFaceFinder:
         result = follower.landmarker.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop),
                                                       self._stamp(follower.landmarker, round(timestamp * 1000)))
         self.calls["follower"] += 1
+        follower.tracking = bool(result.face_landmarks)
         faces = self._faces_from_result(result, size, scale, offset)
         return faces[0] if faces else None
 
