@@ -52,7 +52,7 @@ def test_unknown_landmarker_option_is_a_one_line_error(shared_videos, mediapipe_
     code = main(["prepare", str(shared_videos / "single_face.mp4"), "--out", str(tmp_path / "cache"), "--landmarker-model",
                  str(mediapipe_model), "--landmarker-option", "faces_wanted=3", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "landmarker 'mediapipe'" in err and "faces_wanted" in err
+    assert code == 2 and err.count("\n") == 1 and "landmarker 'mediapipe-zoom'" in err and "faces_wanted" in err
 
 
 def test_precomputed_landmarker_needs_a_landmarks_folder(tmp_path, capsys):

@@ -119,10 +119,9 @@ def ids_per_person(clip, landmarker):
     return per_person
 
 
-@pytest.mark.parametrize("name", ["cutout", "crossing"])
-def test_one_id_per_person_on_generated_clips(media, name):
-    """cutout: the face is cut out for 1.5 s; crossing: two faces side by side whose paths cross."""
-    clip = build_clip(name, media)
+def test_two_faces_whose_paths_cross_keep_their_own_ids(media):
+    """crossing: two faces side by side walk into each other, one passes in front (the cut-out face: below)."""
+    clip = build_clip("crossing", media)
     landmarker = create_landmarker("mediapipe-zoom", model_path=MODEL, blendshapes=False, detector_scores=False,
                                    download=False)
     try:
@@ -132,3 +131,23 @@ def test_one_id_per_person_on_generated_clips(media, name):
     assert sorted(per_person) == clip.people()
     assert all(len(ids) == 1 for ids in per_person.values()), per_person
     assert len(set().union(*per_person.values())) == len(per_person)  # no id on two people
+
+
+def test_track_and_prepare_keep_one_id_for_a_face_cut_out_for_1_5_seconds(shared_media, tmp_path, one_torch_thread):
+    """End to end on a clip file: `track` writes one face id, `prepare` one cache track."""
+    from video_fer.data.cache import FaceTrackCache
+    from video_fer.data.prepare import prepare_videos
+    from video_fer.evaluate.face_clips import write_clip
+    from video_fer.track.bundle import random_bundle
+    from video_fer.track.run import track
+
+    clip = build_clip("cutout", shared_media, length=120)  # face on 0-49 and 95-119
+    path = write_clip(clip, tmp_path / "cutout.mp4")
+    bundle = random_bundle(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8, aus=(1, 12))
+    table = track(path, bundle, landmarker_options={"model_path": str(MODEL)})
+    seen = table["success"] == 1
+    assert set(np.asarray(table["frame"])[seen]) >= set(range(5, 50)) | set(range(100, 120))
+    assert set(np.asarray(table["face_id"])[seen]) == {0}
+    prepare_videos([path], tmp_path / "cache", landmarker_options={"model_path": str(MODEL)}, progress=False)
+    tracks = FaceTrackCache(tmp_path / "cache").tracks
+    assert len(tracks) == 1 and tracks[0].num_frames >= 70

@@ -121,10 +121,17 @@ def test_face_found_only_between_keyframes_is_not_lost(shared_media, zoom, every
     assert len(expected) >= 30 and found_frames(clip, faces) == expected
 
 
-@pytest.mark.parametrize("every", sorted({2, DEFAULT_LANDMARK_EVERY}))
-def test_keyframes_lose_no_face_every_frame_landmarking_finds(shared_media, zoom, every):
-    clip = build_clip("small_moving", shared_media, length=120)  # small and fast: ~1/4 of its height a frame
+@pytest.fixture(scope="module")
+def small_moving(shared_media, zoom):
+    """The small_moving clip (small and fast: ~1/4 of its height a frame) and the frames every-frame landmarking finds."""
+    clip = build_clip("small_moving", shared_media, length=120)
     every_frame, _ = find_faces_in_frames(zoom, clip.frames, clip.timestamps)
+    return clip, found_frames(clip, every_frame)
+
+
+@pytest.mark.parametrize("every", sorted({2, DEFAULT_LANDMARK_EVERY}))
+def test_keyframes_lose_no_face_every_frame_landmarking_finds(small_moving, zoom, every):
+    clip, found_every_frame = small_moving
     keyframed, _ = find_faces_with_keyframes(zoom, clip.frames, clip.timestamps, every)
-    assert len(found_frames(clip, every_frame)) >= 114
-    assert found_frames(clip, every_frame) <= found_frames(clip, keyframed)
+    assert len(found_every_frame) >= 114
+    assert found_every_frame <= found_frames(clip, keyframed)

@@ -227,7 +227,7 @@ def test_reader_crops_are_aligned_to_the_template(prepared, mediapipe_model):
     assert np.abs(eyes - template_eyes).max() < 8.0
     arrays = cache.track_arrays(track.track_id)
     assert arrays["matrices"].shape == (track.num_frames, 2, 3) and arrays["blendshapes"].shape == (track.num_frames, 52)
-    assert str(arrays["landmarker"]) == "mediapipe"
+    assert str(arrays["landmarker"]) == "mediapipe-zoom"
 
 
 def test_one_frame_per_second_as_in_the_reference(shared_videos, mediapipe_model, tmp_path):
@@ -311,9 +311,9 @@ def test_interrupted_video_leaves_no_track_and_reruns_cleanly(shared_videos, med
     out = tmp_path / "cache"
     config = PrepareConfig(batch_size=8, min_track_frames=3, pipelined=True)
     writer = CacheWriter(out)
-    writer.begin(cache_settings("mediapipe", config))
+    writer.begin(cache_settings("mediapipe-zoom", config))
     (video,) = expand_inputs([shared_videos / "single_face.mp4"])
-    landmarker = create_landmarker("mediapipe", model_path=str(mediapipe_model))
+    landmarker = create_landmarker("mediapipe-zoom", model_path=str(mediapipe_model))
     interrupting = InterruptAfter(landmarker, calls=4, watched_folder=out / "tracks")
     try:
         with pytest.raises(KeyboardInterrupt):

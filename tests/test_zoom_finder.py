@@ -125,19 +125,13 @@ def test_zoom_finds_small_turned_and_many_faces(media, zoom, mediapipe_alone, na
     assert score.recall >= 0.95 and score.false == 0, score
     if name == "multi_face":  # all five people on every frame of the still clip, in VIDEO mode
         assert all(len(f) == len(MULTI_FACE_BOXES) for f in faces)
+    if name == "small_moving":  # one face, one follow id until the cartoon background cuts (frame 95: it loops)
+        assert all(len(f) == 1 for f in faces) and len({f.follow_id for frame in faces[:95] for f in frame}) == 1
+        face = faces[10][0]
+        assert face.native_landmarks.shape == (478, 3) and face.landmarks.shape == (68, 2)
+        assert np.all((face.landmarks >= face.box[:2] - 1) & (face.landmarks <= face.box[2:] + 1))
     alone, _ = find_faces_in_frames(mediapipe_alone, clip.frames, clip.timestamps)
     assert score_clip(name, clip.truth, alone).recall < 0.5  # what the search adds: MediaPipe alone misses them
-
-
-@needs_shared
-def test_one_follow_id_per_person_while_the_face_is_followed(media, zoom):
-    clip = build_clip("small_moving", media, length=60)
-    faces, _ = find_faces_in_frames(zoom, clip.frames, clip.timestamps)
-    assert all(len(f) == 1 for f in faces)
-    assert {f.follow_id for frame in faces for f in frame} == {faces[0][0].follow_id}
-    face = faces[10][0]
-    assert face.native_landmarks.shape == (478, 3) and face.landmarks.shape == (68, 2)
-    assert np.all((face.landmarks >= face.box[:2] - 1) & (face.landmarks <= face.box[2:] + 1))  # frame pixels
 
 
 @needs_shared

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from video_fer.cli.args import key_value, landmarker_options, positive_float, positive_int
+from video_fer.faces import LANDMARKER_NAMES
 from video_fer.errors import ConfigError
 
 
@@ -25,8 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="video files, folders (searched recursively) or .txt lists of paths")
     parser.add_argument("--out", required=True, metavar="CACHE", help="cache directory (created or resumed)")
-    parser.add_argument("--landmarker", choices=("mediapipe", "fan", "precomputed"), default="mediapipe",
-                        help="face landmark backend (default mediapipe)")
+    parser.add_argument("--landmarker", choices=LANDMARKER_NAMES, default="mediapipe-zoom",
+                        help="face landmark backend (default mediapipe-zoom: MediaPipe plus a search for the small "
+                             "and turned faces it misses; mediapipe: MediaPipe alone)")
     parser.add_argument("--landmarker-model", metavar="PATH",
                         help="local model file (MediaPipe face_landmarker.task, or FAN weights)")
     parser.add_argument("--landmarks-dir", metavar="DIR",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from video_fer.cli.args import key_value, landmarker_options, non_negative_int, positive_int
+from video_fer.faces import LANDMARKER_NAMES
 from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY
 
 
@@ -26,9 +27,11 @@ def add_track_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="frames per step (default 32)")
     parser.add_argument("--plot", action="store_true", help="also write <table>.png (AUs, expression, VA over time)")
     parser.add_argument("--video-out", action="store_true", help="also write <table>.annotated.mp4")
-    parser.add_argument("--landmarker", choices=("mediapipe", "fan", "precomputed"), default="mediapipe")
+    parser.add_argument("--landmarker", choices=LANDMARKER_NAMES, default="mediapipe-zoom",
+                        help="face landmark backend (default mediapipe-zoom: MediaPipe plus a search for the small "
+                             "and turned faces it misses; mediapipe: MediaPipe alone)")
     parser.add_argument("--landmarker-model", metavar="PATH", help="local landmarker model file (face_landmarker.task)")
-    parser.add_argument("--max-faces", type=positive_int, default=None, help="most faces per frame (default 4)")
+    parser.add_argument("--max-faces", type=positive_int, default=None, help="most faces per frame (default 8 with mediapipe-zoom, 4 with mediapipe)")
     parser.add_argument("--landmarker-option", type=key_value, action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE", help="extra landmarker options, e.g. detector_scores=false")
     parser.add_argument("--confidence-every", type=non_negative_int, default=8, metavar="N",

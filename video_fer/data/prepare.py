@@ -463,7 +463,7 @@ def cache_settings(landmarker: str, config: PrepareConfig) -> dict[str, Any]:
 
 
 def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike,
-                   landmarker: str = "mediapipe", landmarker_options: Mapping[str, Any] | None = None,
+                   landmarker: str = "mediapipe-zoom", landmarker_options: Mapping[str, Any] | None = None,
                    size: int = 256, fps: float | None = None, min_track_frames: int | None = None,
                    workers: int = 1, shard: tuple[int, int] = (0, 1), batch_size: int = DEFAULT_BATCH_SIZE,
                    progress: bool = True, tracker_options: Mapping[str, Any] | None = None,
@@ -475,7 +475,8 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
     Args:
         inputs: video files, folders (recursive) or ``.txt`` lists (one path per line, ``#`` comments).
         out: cache directory.
-        landmarker: ``"mediapipe" | "fan" | "precomputed"``; ``landmarker_options`` go to
+        landmarker: ``"mediapipe-zoom"`` (MediaPipe plus a search for the small and turned faces it misses),
+            ``"mediapipe"`` (MediaPipe alone), ``"fan"`` or ``"precomputed"``; ``landmarker_options`` go to
             :func:`video_fer.faces.create_landmarker` (e.g. ``model_path``, ``landmarks_dir``).
         size: crop side S.
         fps: process this many frames per second (chosen by timestamp), None = every frame.

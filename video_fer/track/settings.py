@@ -19,15 +19,19 @@ class TrackSettings:
         every: process every N-th frame (1 = all).
         start, end: frame range ``[start, end)`` (None = to the end).
         batch_size: frames decoded and faces encoded per step.
-        landmarker: ``"mediapipe"`` (default), ``"fan"`` or ``"precomputed"``.
+        landmarker: ``"mediapipe-zoom"`` (default: MediaPipe plus a search for the small and turned faces it
+            misses, :mod:`video_fer.faces.zoom_finder`), ``"mediapipe"`` (MediaPipe alone), ``"fan"`` or
+            ``"precomputed"``.
         landmarker_options: options of :func:`video_fer.faces.create_landmarker` (e.g.
             ``model_path``, ``num_faces``, ``detector_scores``).
         tracker_options: :class:`~video_fer.faces.tracking.FaceTracker` options.
+        identity_options: :class:`~video_fer.faces.identity.PersonTracker` options (face ids across gaps;
+            ``{"link": False, "min_frames": 1}``: the FaceTracker's ids, nothing dropped).
         pipelined: landmarks in a background thread while the network runs (two cores).
         torch_threads: intra-op threads of the network (default 1: the landmarker keeps the other core
             busy, and tiny batched convolutions gain little from more threads on a loaded machine).
         channels_last: run the encoder in channels-last memory format (faster convolutions on CPU).
-        confidence_every: MediaPipe only: run the face detector for the ``confidence`` column on
+        confidence_every: MediaPipe (either landmarker) only: run the face detector for the ``confidence`` column on
             every N-th processed frame (and where a new face appears), see
             :class:`~video_fer.faces.detection.SparseDetectorConfidence`; 0 = the landmarker's own per-frame scores (pass
             ``landmarker_options={"detector_scores": True}`` for MediaPipe's detector on every frame).
@@ -44,9 +48,10 @@ class TrackSettings:
     start: int = 0
     end: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
-    landmarker: str = "mediapipe"
+    landmarker: str = "mediapipe-zoom"
     landmarker_options: dict[str, Any] = field(default_factory=dict)
     tracker_options: dict[str, Any] = field(default_factory=dict)
+    identity_options: dict[str, Any] = field(default_factory=dict)
     pipelined: bool = True
     torch_threads: int | None = None
     channels_last: bool = True
@@ -68,10 +73,15 @@ class TrackSettings:
             raise ConfigError(f"track: end={self.end} must be larger than start={self.start}")
 
 
+MEDIAPIPE_LANDMARKERS = ("mediapipe-zoom", "mediapipe")
+
+
 def default_landmarker_options(name: str) -> dict[str, Any]:
     """Track's defaults: MediaPipe without blendshapes (unused here) and without its per-frame
     detector pass (confidence comes from :class:`~video_fer.faces.detection.SparseDetectorConfidence`),
-    up to 4 faces."""
+    up to 4 faces (8 with ``mediapipe-zoom``, which finds the small faces of groups)."""
+    if name == "mediapipe-zoom":
+        return {"blendshapes": False, "num_faces": 8, "detector_scores": False}
     if name != "mediapipe":
         return {}
     return {"mode": "video", "blendshapes": False, "num_faces": 4, "detector_scores": False}
@@ -87,7 +97,8 @@ def create_track_landmarker(settings: TrackSettings):
 def uses_sparse_confidence(settings: TrackSettings) -> bool:
     """MediaPipe without its per-frame detector scores, and confidence_every > 0."""
     options = {**default_landmarker_options(settings.landmarker), **settings.landmarker_options}
-    return settings.landmarker == "mediapipe" and settings.confidence_every > 0 and not options.get("detector_scores")
+    return settings.landmarker in MEDIAPIPE_LANDMARKERS and settings.confidence_every > 0 \
+        and not options.get("detector_scores")
 
 
 def expected_rows(num_frames: int, settings: TrackSettings) -> int:

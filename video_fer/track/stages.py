@@ -20,8 +20,8 @@ import torch
 
 from video_fer.faces.crops import align_in_regions, shrink_then_align
 from video_fer.faces.head_pose import estimate_head_pose
+from video_fer.faces.identity import PersonTracker, confirmation_frames
 from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
-from video_fer.faces.tracking import FaceTracker
 from video_fer.track.settings import TrackSettings
 from video_fer.track.table import au_columns, expression_columns
 
@@ -36,11 +36,12 @@ class FaceBatch:
         frame_indices: int64 ``(T,)``; timestamps: float64 ``(T,)`` seconds.
         frames: uint8 ``(T, H, W, 3)``.
         positions: int64 ``(F,)`` frame (0..T-1) of each face; landmarks: float32 ``(F, 68, 2)`` pixels;
-        scores: float32 ``(F,)``; face_ids: int64 ``(F,)`` tracker ids.
+        scores: float32 ``(F,)``; face_ids: int64 ``(F,)`` person ids (:mod:`video_fer.faces.identity`).
         crops: the aligned faces, float ``(F, 3, S, S)`` in [0, 1], and crop_landmarks ``(F, 68, 2)``
             when stage 1 aligned them already (else None: :func:`predict_faces` aligns).
         landmark_source: int8 ``(T,)`` keyframe / interpolated / gap-filled
             (:mod:`video_fer.faces.keyframes`), or None.
+        faces: the F :class:`~video_fer.faces.types.Face` objects (mesh, blendshapes), or None.
     """
 
     frame_indices: np.ndarray
@@ -53,6 +54,7 @@ class FaceBatch:
     crops: torch.Tensor | None = None
     crop_landmarks: torch.Tensor | None = None
     landmark_source: np.ndarray | None = None
+    faces: list | None = None
 
 
 def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, confidence=None) -> Iterator[FaceBatch]:
@@ -64,8 +66,15 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
     also aligned here (:func:`align_batch`), and with ``confidence`` (:class:`~video_fer.faces.detection.SparseDetectorConfidence`)
     scored here: with keyframes, this thread has less to do than the network's. When pipelined,
     decoding runs one batch ahead in a thread of its own.
+
+    Face ids are person ids (:class:`~video_fer.faces.identity.PersonTracker`): a person gone for a while keeps
+    one id, and faces of tracks shorter than ~0.2 s are dropped. A face's id is known once its track is
+    confirmed or ended, so each batch waits here until all its faces are decided (at most ~24 processed
+    frames later, usually until the next batch), then goes on with its final ids: the table stays streamed.
     """
-    tracker = FaceTracker(**settings.tracker_options)
+    processed_fps = reader.fps / settings.every if reader.fps else 25.0
+    people = PersonTracker(processed_fps, settings.tracker_options,
+                           **{"min_frames": confirmation_frames(processed_fps), **settings.identity_options})
     keyframes = KeyframeLandmarks(landmarker, settings.landmark_every, image_mode_twin(landmarker))
     keyframes.start_clip(str(reader.path), reader.fps)
     decoded = reader.iter_batches(settings.batch_size, settings.start, settings.end, settings.every)
@@ -82,18 +91,7 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
             yield chunk
 
     try:
-        for chunk in landmarked():
-            positions, landmarks, scores, ids = [], [], [], []
-            for position, (frame_index, faces) in enumerate(zip(chunk.frame_indices, chunk.faces)):
-                ids += tracker.update(int(frame_index), faces)
-                for face in faces:
-                    positions.append(position)
-                    landmarks.append(face.landmarks)
-                    scores.append(face.score)
-            tracker.pop_closed_tracks()  # finished tracks are not needed again: memory stays bounded
-            batch = FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, np.asarray(positions, np.int64),
-                              np.asarray(landmarks, np.float32).reshape(-1, 68, 2), np.asarray(scores, np.float32),
-                              np.asarray(ids, np.int64), landmark_source=chunk.source)
+        for batch in with_person_ids(landmarked(), people):
             if confidence is not None:
                 batch.scores = confidence(batch.frames, batch.positions, batch.face_ids, batch.landmarks)
             if alignment is not None:
@@ -101,6 +99,40 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
             yield batch
     finally:
         keyframes.close()
+
+
+def with_person_ids(chunks: Iterator, people: PersonTracker) -> Iterator[FaceBatch]:
+    """Landmarked chunks (:class:`~video_fer.faces.keyframes.LandmarkedFrames`) -> FaceBatches with person ids.
+
+    A batch is held until every face in it has its person decided (confirmed or dropped as too short), then
+    yielded with the dropped faces removed; the last ones when the clip ends.
+    """
+    held: list[FaceBatch] = []
+    for chunk in chunks:
+        positions, found, track_ids = [], [], []
+        for position, (frame_index, faces) in enumerate(zip(chunk.frame_indices, chunk.faces)):
+            track_ids += people.update(int(frame_index), faces, np.asarray(chunk.frames[position]))
+            positions += [position] * len(faces)
+            found += faces
+        held.append(FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, np.asarray(positions, np.int64),
+                              np.asarray([f.landmarks for f in found], np.float32).reshape(-1, 68, 2),
+                              np.asarray([f.score for f in found], np.float32), np.asarray(track_ids, np.int64),
+                              landmark_source=chunk.source, faces=found))
+        while held and all(people.decided(int(track_id)) for track_id in held[0].face_ids):
+            yield _person_batch(held.pop(0), people)
+    people.finish()
+    while held:
+        yield _person_batch(held.pop(0), people)
+
+
+def _person_batch(batch: FaceBatch, people: PersonTracker) -> FaceBatch:
+    """Track ids -> person ids; faces of dropped tracks removed."""
+    person_ids = [people.person_of(int(track_id)) for track_id in batch.face_ids]
+    keep = np.array([number for number, person in enumerate(person_ids) if person is not None], np.int64)
+    batch.positions, batch.landmarks, batch.scores = batch.positions[keep], batch.landmarks[keep], batch.scores[keep]
+    batch.face_ids = np.array([person_ids[number] for number in keep], np.int64)
+    batch.faces = [batch.faces[number] for number in keep]
+    return batch
 
 
 class _Stop(Exception):
