@@ -44,22 +44,24 @@ def make_front_end(name: str):
 
 
 def run_clip(front_ends: dict, frames: np.ndarray, timestamps: np.ndarray, repeat: int, min_track: int, every: int):
-    """Faces (of the last run) and the least CPU ms per frame of each front end, alternating runs."""
-    faces, cpu = {}, {name: float("inf") for name in front_ends}
+    """Faces (of the last run), the least CPU ms per frame and the keyframe counters of each front end, alternating
+    runs."""
+    faces, cpu, counters = {}, {name: float("inf") for name in front_ends}, {name: {} for name in front_ends}
     for _ in range(repeat):
         for name, front in front_ends.items():
             if every > 1:
-                found, ms = find_faces_with_keyframes(front, frames, timestamps, every)
+                found, ms = find_faces_with_keyframes(front, frames, timestamps, every, counters=counters[name])
             else:
                 found, ms = find_faces_in_frames(front, frames, timestamps)
             faces[name], cpu[name] = drop_short_tracks(found, min_track), min(cpu[name], ms)
-    return faces, cpu
+    return faces, cpu, counters
 
 
-def row(score: FindingScore, name: str, ratio: float | None) -> str:
+def row(score: FindingScore, name: str, ratio: float | None, counters: dict) -> str:
     recall = f"{100 * score.recall:.1f}% ({score.found}/{score.expected})" if score.expected else "-"
     ratio_text = "" if ratio is None else f"{ratio:.2f}"
-    return f"| {score.name} | {name} | {score.frames} | {recall} | {score.false} | {score.cpu_ms:.1f} | {ratio_text} |"
+    gaps = f" {counters['gap_filled']} / {counters['probes']} |" if counters else ""
+    return f"| {score.name} | {name} | {score.frames} | {recall} | {score.false} | {score.cpu_ms:.1f} | {ratio_text} |" + gaps
 
 
 def main(argv=None) -> None:
@@ -85,16 +87,17 @@ def main(argv=None) -> None:
     first = next(iter(fronts))
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; repeat {args.repeat}, "
           f"tracks under {args.min_track} frames dropped\n")
-    print("| clip | front end | frames | recall | false faces | CPU ms/frame | CPU / " + first + " |")
-    print("|---|---|---|---|---|---|---|")
+    gaps = " gap-filled frames / probes |" if args.landmark_every > 1 else ""
+    print("| clip | front end | frames | recall | false faces | CPU ms/frame | CPU / " + first + " |" + gaps)
+    print("|---|---|---|---|---|---|---|" + ("---|" if gaps else ""))
     totals: dict[str, list[FindingScore]] = {name: [] for name in fronts}
 
     def report(label: str, frames, timestamps, score_of) -> None:
-        faces, cpu = run_clip(fronts, frames, timestamps, args.repeat, args.min_track, args.landmark_every)
+        faces, cpu, counters = run_clip(fronts, frames, timestamps, args.repeat, args.min_track, args.landmark_every)
         for name in fronts:
             score = score_of(label, faces[name], cpu[name])
             totals[name].append(score)
-            print(row(score, name, cpu[name] / cpu[first] if name != first else None), flush=True)
+            print(row(score, name, cpu[name] / cpu[first] if name != first else None, counters[name]), flush=True)
 
     started = time.perf_counter()
     for name in args.clips:

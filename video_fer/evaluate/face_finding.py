@@ -100,9 +100,10 @@ def find_faces_in_frames(landmarker, frames: np.ndarray, timestamps: np.ndarray,
 
 
 def find_faces_with_keyframes(landmarker, frames: np.ndarray, timestamps: np.ndarray, every: int,
-                              batch_size: int = 32) -> tuple[list[list], float]:
+                              batch_size: int = 32, counters: dict | None = None) -> tuple[list[list], float]:
     """As :func:`find_faces_in_frames`, through :class:`~video_fer.faces.keyframes.KeyframeLandmarks` (landmarks on
-    every ``every``-th frame, the rest interpolated or filled, as ``track``)."""
+    every ``every``-th frame, the rest interpolated or filled, as ``track``); ``counters`` receives its
+    ``keyframes``, ``interpolated``, ``gap_filled`` and ``probes`` counts."""
     import torch
 
     from video_fer.faces.keyframes import KeyframeLandmarks
@@ -120,6 +121,8 @@ def find_faces_with_keyframes(landmarker, frames: np.ndarray, timestamps: np.nda
         faces += [] if chunk is None else chunk.faces
     finally:
         keyframes.close()
+    if counters is not None:
+        counters.update({name: getattr(keyframes, name) for name in ("keyframes", "interpolated", "gap_filled", "probes")})
     return faces, (time.process_time() - started) / max(len(frames), 1) * 1000
 
 
