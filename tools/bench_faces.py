@@ -103,19 +103,18 @@ def main(argv=None) -> None:
     for name in args.clips:
         clip = build_clip(name, media, key_every=max(args.landmark_every, 2))
         report(name, clip.frames, clip.timestamps, lambda label, faces, cpu: score_clip(label, clip.truth, faces, cpu))
-    for video in args.videos:
-        path = Path(video) if Path(video).is_absolute() else SHARED / video
-        frames = media.frames(str(path.relative_to(SHARED))) if path.is_relative_to(SHARED) else None
-        if frames is None:
-            from video_fer.video import VideoReader
+    for video in args.videos:  # decoded one at a time and let go (the shared folder holds ~8,000 frames)
+        from video_fer.video import VideoReader
 
-            with VideoReader(path) as reader:
-                frames = reader.get(np.arange(len(reader))).numpy()
+        path = Path(video) if Path(video).is_absolute() else SHARED / video
+        with VideoReader(path) as reader:
+            frames = reader.get(np.arange(len(reader))).numpy()
         no_face = np.zeros(len(frames), bool)
         if path.name in NO_FACE_FRAMES:
             no_face[NO_FACE_FRAMES[path.name](len(frames))] = True
         report(path.name, frames, np.arange(len(frames)) / 25.0,
                lambda label, faces, cpu: score_video(label, faces, no_face, cpu))
+        del frames
     for mirrored in {"both": (False, True), "plain": (False,), "none": ()}[args.no_face]:
         for name, frames in no_face_clips(media, mirrored):
             label = f"{name} no-face frames" + (" mirrored" if mirrored else "")
