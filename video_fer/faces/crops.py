@@ -96,15 +96,19 @@ class ShrunkWindows:
     factor: torch.Tensor
 
 
+def shrink_factors(landmarks: torch.Tensor, spec) -> torch.Tensor:
+    """int64 ``(F,)`` integer shrink ``floor(1 / scale)`` (at least 1) of each face into the crop."""
+    matrices = similarity_from_points(five_points(landmarks), spec.template_pixels(), torch.tensor(spec.point_weights))
+    return torch.floor(1.0 / matrices[:, :, 0].norm(dim=-1)).clamp(min=1).long()
+
+
 def shrink_windows(frames: torch.Tensor, landmarks: torch.Tensor, positions: torch.Tensor, spec) -> ShrunkWindows:
     """Cut each face's source window (:func:`crop_regions`) and average it down by ``k = floor(1 / scale)``.
 
     One pass over the window, so what follows (blur, warp) runs on about the crop's size whatever the face's
     size. ``frames`` uint8 ``(T, H, W, 3)``; ``landmarks`` ``(F, 68, 2)`` source pixels; ``positions`` ``(F,)``.
     """
-    template, weights = spec.template_pixels(), torch.tensor(spec.point_weights)
-    matrices = similarity_from_points(five_points(landmarks), template, weights)
-    factors = torch.floor(1.0 / matrices[:, :, 0].norm(dim=-1)).clamp(min=1).long().tolist()
+    factors = shrink_factors(landmarks, spec).tolist()
     regions = crop_regions(spec, landmarks, frames.shape[1], frames.shape[2]).tolist()
     windows, origins = [], []
     for face, ((x0, y0, x1, y1), factor) in enumerate(zip(regions, factors)):
@@ -202,15 +206,15 @@ def align_in_regions(frames: torch.Tensor, landmarks: torch.Tensor, frame_positi
     (:func:`shrink_windows`), so the cost per face does not grow with the face's size (a 440 px face
     into a 256 px crop: the Gaussian anti-aliasing of the full-resolution window cost ~70 ms);
     the matrices and crop landmarks are the same, the pixels differ by the filter (a box then a
-    narrower Gaussian, against one wide Gaussian): a fraction of a grey level on average, and
-    not at all for faces that need less than a 2x shrink. With ``shrink_first=False`` the result
+    narrower Gaussian, against one wide Gaussian): a fraction of a grey level on average (a batch
+    where no face needs a 2x shrink takes the direct path: identical). With ``shrink_first=False`` the result
     equals ``align_faces(frames, landmarks, spec, frame_index=frame_position)`` to float rounding
     for ``padding_mode="zeros"``.
 
     Returns:
         ``(crops uint8 (B, S, S, 3), matrices float32 (B, 2, 3) source -> crop, landmarks (B, 68, 2) in the crop)``.
     """
-    if shrink_first:
+    if shrink_first and len(landmarks) and int(shrink_factors(landmarks, spec).max()) > 1:
         shrunk = shrink_windows(frames, landmarks, frame_position, spec)
         aligned = align_faces(shrunk.windows, shrunk.landmarks, spec, padding_mode=padding_mode)
         # window -> source: x_window = (x_source - origin) / k, so A_source = A_window / k, t = t_window - A_source origin
