@@ -42,6 +42,7 @@ DEFAULT_MIN_FRAMES = 5
 CONFIRMATION_SECONDS = 0.2  # [ours] a track is kept once it has lasted about this long (at least 2 faces, at most 5)
 DESCRIPTOR_EVERY = 5  # a track's descriptor is refreshed every this many faces
 DESCRIPTORS_KEPT = 4  # a person's look: the mean of this many recent descriptors
+FORGET_FRAMES = 1000  # an ended track's person id is kept this many processed frames for late questions
 
 
 def face_descriptor(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -138,6 +139,7 @@ class PersonTracker:
         self.max_size_ratio, self.min_similarity = float(max_size_ratio), float(min_similarity)
         self.link = bool(link)
         self._tracks: dict[int, _Track] = {}
+        self._closed_at: dict[int, int] = {}  # frame where each ended, confirmed track ended
         self._people: list[_Person] = []
         self._ended_people: list[int] = []
         self._open_people: set[int] = set()
@@ -169,6 +171,11 @@ class PersonTracker:
         for closed in self.tracker.pop_closed_tracks():  # an ended track that never reached min_frames: dropped
             if self._tracks[closed.track_id].person is None:
                 del self._tracks[closed.track_id]
+            else:
+                self._closed_at[closed.track_id] = self._frame
+        # ended tracks are forgotten long after anyone can still ask for them (a batch waits ~24 frames): bounded memory
+        for track_id in [t for t, frame in self._closed_at.items() if self._frame - frame > FORGET_FRAMES]:
+            del self._closed_at[track_id], self._tracks[track_id]
         self._end_people(self._frame)
         return track_ids
 

@@ -204,9 +204,9 @@ class ZoomFaceFinder:
 
     def __init__(self, model_path: str | Path | None = None, num_faces: int = 8, min_face: float = 40.0,
                  tiles_per_call: float = 0.5, crop_scale: float = 2.0, max_lost_calls: int = 15,
-                 max_jump: float = 1.0, search_confidence: float = 0.7, min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5, blendshapes: bool = True, box_padding: float = 0.0,
-                 detector_scores: bool = True, download: bool = True):
+                 max_jump: float = 1.0, search_confidence: float = 0.7, min_detection_confidence: float = 0.5,
+                 min_presence_confidence: float = 0.5, min_tracking_confidence: float = 0.5, blendshapes: bool = True,
+                 box_padding: float = 0.0, detector_scores: bool = True, download: bool = True):
         from mediapipe.tasks.python import BaseOptions, vision
 
         if min_face <= 0 or tiles_per_call < 0 or crop_scale < 1 or max_lost_calls < 0 or num_faces < 1:
