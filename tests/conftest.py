@@ -58,3 +58,34 @@ def shared_media():
     _shared_path("models", "mediapipe", "face_landmarker.task")
     _shared_path("data", "videos")
     return SharedMedia(SHARED)
+
+
+@pytest.fixture(scope="session")
+def single_face_mediapipe():
+    """MediaPipe (VIDEO mode, every frame, ``track``'s landmarker settings) on single_face.mp4, and OpenFace's table.
+
+    Returns ``{"mesh": (F, 478, 3), "blendshapes": (F, 52), "landmarks": (F, 68, 2), "size": (W, H),
+    "openface": {column: (F,)}}`` (float64; every frame of this clip has its face).
+    """
+    import numpy as np
+
+    from video_fer.evaluate.openface import read_openface_csv
+    from video_fer.faces import create_landmarker
+    from video_fer.faces.native_logs import NativeLogFilter
+    from video_fer.video import VideoReader
+
+    video = _shared_path("data", "videos", "single_face.mp4")
+    openface = read_openface_csv(_shared_path("data", "openface", "single_face.openface.csv"))
+    model = _shared_path("models", "mediapipe", "face_landmarker.task")
+    faces = []
+    with NativeLogFilter(), VideoReader(video) as reader:
+        landmarker = create_landmarker("mediapipe", model_path=str(model), mode="video", num_faces=4,
+                                       blendshapes=True, detector_scores=False)
+        landmarker.start_clip(str(video), reader.fps)
+        for indices, frames in reader.iter_batches(32):
+            faces += [found[0] for found in landmarker(frames, indices, reader.timestamps[indices])]
+        landmarker.close()
+        size = (reader.width, reader.height)
+    return {"mesh": np.stack([f.native_landmarks for f in faces]).astype(np.float64),
+            "blendshapes": np.stack([f.blendshapes for f in faces]).astype(np.float64),
+            "landmarks": np.stack([f.landmarks for f in faces]).astype(np.float64), "size": size, "openface": openface}

@@ -9,7 +9,8 @@ import torch
 
 from video_fer.track.bundle import load_bundle, random_bundle, save_bundle
 from video_fer.cli import main as cli_main
-from video_fer.faces.head_pose import MEAN_FACE_68_MM, MIRROR_68, estimate_head_pose, project_mean_face
+from video_fer.faces.head_pose import MEAN_FACE_68_MM, estimate_head_pose, project_mean_face
+from video_fer.faces.ibug68 import MIRROR_68
 from video_fer.track.run import iter_clip_batches, track
 from video_fer.track.settings import TrackSettings
 from video_fer.track.stages import QUEUE_BATCHES, FaceBatch, FacePredictions, batch_rows

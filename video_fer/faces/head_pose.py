@@ -1,160 +1,86 @@
-"""Head pose (pitch, yaw, roll) from the 68 image landmarks of a face, batched.
+"""Head pose in OpenFace 2.x's convention, batched: from MediaPipe's 478-point mesh, or from 68 landmarks.
 
-Model: a rigid 3-D mean face :data:`MEAN_FACE_68_MM` seen by a *scaled orthographic*
-(weak-perspective) camera, ``x_image = s * (R @ X)[:2] + t``. No camera intrinsics are
-needed (we never know the focal length of a user's clip); at the face-to-camera distances
-of webcam and talking-head video the perspective error this ignores is a few degrees.
+**The convention** (OpenFace's ``FeatureExtraction`` columns; checked on its CSVs, see
+``tests/test_head_pose.py``):
 
-Fit, closed form and batched (no iterations, no per-face Python loop):
-1. the mean face is fixed, so the least-squares affine camera ``A (2x3)`` of every face is
-   one matrix product with the pseudo-inverse of the centred mean face;
-2. the nearest scaled rotation to ``A``: SVD ``A = U S V^T``, first two rotation rows
-   ``U V^T`` (orthonormal), the third their cross product;
-3. Euler angles in OpenFace's convention: ``R = Rx(pitch) @ Ry(yaw) @ Rz(roll)``, camera
-   coordinates x right, y down, z away from the camera; radians, like OpenFace's
-   ``pose_Rx, pose_Ry, pose_Rz``. A frontal face is about (0, 0, 0); positive yaw turns the
-   nose towards the image's left (a rotation about +y), positive roll is a rotation about +z
-   (the face leans clockwise on screen), positive pitch about +x.
+- camera coordinates: x to the image's right, y down, z away from the camera, millimetres; a
+  pinhole camera with ``fx = fy = 500 * (W/640 + H/480) / 2`` px and the principal point at the
+  image centre (OpenFace's guess when no calibration is given; 437.5 px for 640x360: the 2-D and
+  3-D landmark columns of the shared OpenFace CSVs fit exactly this camera);
+- ``pose_Tx, pose_Ty, pose_Tz``: the head model's origin in camera coordinates (mm);
+- ``pose_Rx, pose_Ry, pose_Rz`` (radians; pitch, yaw, roll): the head's rotation in camera
+  coordinates, ``R = Rx(pose_Rx) @ Ry(pose_Ry) @ Rz(pose_Rz)``, right-handed: a model point ``p``
+  sits at ``R p + T``. On screen: positive pitch moves the nose down, positive yaw moves it
+  towards the image's left (the subject turns to their right), positive roll tilts the face
+  clockwise;
+- the rotation is measured against the **camera axis** (``convention="camera_axis"``): a head
+  that keeps its orientation while it moves across the frame keeps its angles. A head that keeps
+  *facing the camera* while it moves off-centre turns, so it reads the bearing of its line of
+  sight, ``atan(offset / f)``. A frontal face pasted into a corner of a wide image is that second
+  case: nothing in its pixels shows it is off-centre except its position, and it still looks
+  straight into the camera, so in camera-axis angles it reads the bearing (e.g. yaw -24 deg at
+  512 px left of the centre of a 1536 px wide frame), and ``convention="line_of_sight"`` (the
+  rotation seen from the ray to the head) reads the same angles as at the centre.
 
-The mean face was derived by this module (``python -m video_fer.faces.head_pose --derive``):
-MediaPipe's 478-point 3-D mesh of the frontal faces in ``shared/data/images`` and frames of
-``single_face.mp4``, mapped to iBUG-68, each face put in its own face frame (x along the eye
-line, y from the eyes to the mouth, z = x cross y), scaled to a 63 mm distance between the eye
-centres (the adult mean interpupillary distance), averaged, made left/right symmetric, then
-tilted about x so that those frontal faces read as pitch 0 on average (zero pose = a person
-facing the camera, not the eyes-to-mouth axis). On the posed photos of ``shared/data/images``
-it reads yaw 13 deg for the 15 deg face and 52 deg for the 45 deg face, pitch and roll within 5 deg.
+**From the mesh** (:func:`fit_head_to_mesh`, what ``track`` uses with MediaPipe):
+
+1. line-of-sight rotation: weighted Procrustes (rotation + scale + shift) of MediaPipe's canonical
+   face onto the frame's 3-D mesh, on the rigid landmarks and with the weights MediaPipe's own
+   geometry pipeline uses (both read from the ``.task`` file,
+   :mod:`video_fer.faces.canonical_face`). MediaPipe's x, y are the image's pixels (an
+   off-centre head carries the image plane's perspective shear) while its z is depth as the
+   network sees it in a crop around the head (along the line of sight). So a first fit finds
+   the head's bearing, the pixels are re-imaged in a virtual camera turned towards the head
+   (:func:`to_head_camera`, exact for a pinhole camera) and the fit is repeated there, where a
+   weak-perspective fit is accurate (a synthetic head in a corner of a 1920x1080 frame is
+   recovered to < 1.5 deg);
+2. camera axis: ``bearing @ line_of_sight``, the bearing being the rotation from the optical
+   axis to the ray through the head under OpenFace's camera (or ``focal_px``);
+3. translation: distance = focal length x model size / image size (the canonical face is in cm;
+   OpenFace's head model measures :data:`CANONICAL_TO_OPENFACE_SCALE` mm per canonical cm), the
+   OpenFace model origin (:data:`OPENFACE_ORIGIN_IN_CANONICAL_CM`) back-projected at that distance.
+
+MediaPipe's facial transformation matrix is not used: for a frontal face pasted into the
+corners of a wide canvas its rotation turns by only ~25 % of the bearing (neither convention),
+and on the shared OpenFace clips it agrees less with OpenFace (``tools/bench_track_accuracy.py``).
+
+**From 68 landmarks** (:func:`fit_head_to_landmarks68`, for FAN and precomputed landmarks): the
+same two steps with the weak-perspective fit of the rigid 3-D mean face
+:data:`~video_fer.faces.mean_face.MEAN_FACE_68_MM` (mm) to the 2-D points: a first fit gives the
+face's bearing, the points are re-imaged in the turned camera and fitted again (line of sight),
+then turned by the bearing (camera axis); the distance is focal length / the fit's px per mm.
+``pose_T*`` then give the mean face's centroid (between the eyes and the mouth, ~2 cm behind
+the nose tip), not OpenFace's model origin. :func:`estimate_head_pose` is the plain one-pass
+weak-perspective fit in image coordinates (no camera, no bearing).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from video_fer.errors import VideoFerError
-from video_fer.faces.ibug68 import LEFT_EYE, MIRROR_68, MOUTH, RIGHT_EYE, span
+from video_fer.faces.canonical_face import FaceGeometry
+from video_fer.faces.mean_face import MEAN_FACE_68_MM, face_frame, symmetric_mean_face
 
-INTEROCULAR_MM = 63.0  # adult mean interpupillary distance: the scale of the mean face
-
-# fmt: off
-# Derived by `python -m video_fer.faces.head_pose --derive` (see module doc); face frame, millimetres,
-# x towards the image right of a frontal face, y down, z away from the camera, centroid at 0.
-MEAN_FACE_68_MM = np.array([
-    [ -71.645,  -30.147,   54.540],
-    [ -71.352,  -15.917,   58.318],
-    [ -69.295,    6.465,   56.073],
-    [ -65.860,   22.476,   51.032],
-    [ -60.217,   37.142,   42.509],
-    [ -49.372,   52.634,   26.669],
-    [ -36.060,   63.961,   14.501],
-    [ -18.368,   74.316,    0.666],
-    [  -0.000,   77.664,   -3.766],
-    [  18.368,   74.316,    0.666],
-    [  36.060,   63.961,   14.501],
-    [  49.372,   52.634,   26.669],
-    [  60.217,   37.142,   42.509],
-    [  65.860,   22.476,   51.032],
-    [  69.295,    6.465,   56.073],
-    [  71.352,  -15.917,   58.318],
-    [  71.645,  -30.147,   54.540],
-    [ -58.583,  -51.231,    6.057],
-    [ -52.348,  -57.261,   -2.007],
-    [ -42.638,  -60.648,   -8.790],
-    [ -29.727,  -60.326,  -14.988],
-    [ -15.006,  -58.311,  -18.042],
-    [  15.006,  -58.311,  -18.042],
-    [  29.727,  -60.326,  -14.988],
-    [  42.638,  -60.648,   -8.790],
-    [  52.348,  -57.261,   -2.007],
-    [  58.583,  -51.231,    6.057],
-    [  -0.000,  -40.663,  -18.348],
-    [  -0.000,  -26.595,  -28.944],
-    [  -0.000,  -14.133,  -41.478],
-    [  -0.000,    0.401,  -42.550],
-    [ -17.780,    3.833,  -18.323],
-    [  -8.396,    6.127,  -25.053],
-    [  -0.000,    6.759,  -26.795],
-    [   8.396,    6.127,  -25.053],
-    [  17.780,    3.833,  -18.323],
-    [ -43.673,  -36.184,    4.345],
-    [ -37.283,  -39.706,   -2.479],
-    [ -27.903,  -40.194,   -4.261],
-    [ -17.314,  -34.748,   -1.063],
-    [ -26.658,  -33.797,   -3.357],
-    [ -36.168,  -33.846,   -1.572],
-    [  17.314,  -34.748,   -1.063],
-    [  27.903,  -40.194,   -4.261],
-    [  37.283,  -39.706,   -2.479],
-    [  43.673,  -36.184,    4.345],
-    [  36.168,  -33.846,   -1.572],
-    [  26.658,  -33.797,   -3.357],
-    [ -31.048,   24.916,   -1.523],
-    [ -23.972,   20.926,  -14.249],
-    [  -9.193,   17.678,  -24.839],
-    [  -0.000,   18.968,  -25.652],
-    [   9.193,   17.678,  -24.839],
-    [  23.972,   20.926,  -14.249],
-    [  31.048,   24.916,   -1.523],
-    [  23.592,   35.568,   -9.365],
-    [  13.470,   41.958,  -15.313],
-    [  -0.000,   44.507,  -18.052],
-    [ -13.470,   41.958,  -15.313],
-    [ -23.592,   35.568,   -9.365],
-    [ -28.492,   25.249,   -3.084],
-    [ -17.647,   23.399,  -14.386],
-    [  -0.000,   23.903,  -20.900],
-    [  17.647,   23.399,  -14.386],
-    [  28.492,   25.249,   -3.084],
-    [  17.185,   32.522,  -10.587],
-    [  -0.000,   35.479,  -16.373],
-    [ -17.185,   32.522,  -10.587],
-], dtype=np.float32)
-# fmt: on
-MEAN_FACE_68_MM.setflags(write=False)
+CONVENTIONS = ("camera_axis", "line_of_sight")
+POSE_COLUMNS = ("pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz")
+FLIP_Y_Z = np.diag([1.0, -1.0, -1.0])  # MediaPipe canonical (y up, z to the viewer) <-> OpenFace (y down, z away)
+# Derived from OpenFace_Test.csv (a Procrustes fit of the canonical face to OpenFace's mean shape on the rigid
+# iBUG points, residual 3.2 mm), never from the clips OpenFace is compared on:
+CANONICAL_TO_OPENFACE_SCALE = 9.845  # mm of OpenFace's head model per cm of MediaPipe's canonical face
+OPENFACE_ORIGIN_IN_CANONICAL_CM = np.array([-0.003, -1.026, 4.169])  # OpenFace's model origin, canonical coordinates
 
 
 class HeadPoseInputError(VideoFerError, ValueError):
-    """Landmarks given to the head-pose fit have the wrong shape or are degenerate."""
+    """Landmarks given to a head-pose fit have the wrong shape or are degenerate."""
 
 
-def face_frame(points3d: np.ndarray) -> np.ndarray:
-    """Express 3-D iBUG-68 points in their own face frame, in millimetres.
-
-    Args:
-        points3d: ``(F, 68, 3)`` points in any right-handed frame with the face seen from -z
-            (e.g. MediaPipe's mesh in pixels: x right, y down, z away from the camera).
-
-    Returns:
-        ``(F, 68, 3)``: centroid at 0, x along the eye line (image-left eye -> image-right eye),
-        y from the eyes towards the mouth (made orthogonal to x), z = x cross y; scaled so the
-        eye centres are :data:`INTEROCULAR_MM` apart.
-    """
-    points = np.asarray(points3d, dtype=np.float64)
-    eye_a = points[:, span(LEFT_EYE)].mean(1)
-    eye_b = points[:, span(RIGHT_EYE)].mean(1)
-    x_axis = eye_b - eye_a
-    interocular = np.linalg.norm(x_axis, axis=-1, keepdims=True)
-    x_axis = x_axis / interocular
-    down = points[:, span(MOUTH)].mean(1) - (eye_a + eye_b) / 2
-    y_axis = down - (down * x_axis).sum(-1, keepdims=True) * x_axis
-    y_axis /= np.linalg.norm(y_axis, axis=-1, keepdims=True)
-    z_axis = np.cross(x_axis, y_axis)
-    basis = np.stack([x_axis, y_axis, z_axis], -1)  # (F, 3, 3) columns = face axes
-    centred = points - points.mean(1, keepdims=True)
-    return (centred @ basis) * (INTEROCULAR_MM / interocular[:, None])
-
-
-def symmetric_mean_face(faces: np.ndarray) -> np.ndarray:
-    """Average faces in the face frame ``(F, 68, 3)`` and make the mean left/right symmetric ``(68, 3)``."""
-    mean = faces.mean(0)
-    mirrored = mean[MIRROR_68] * np.array([-1.0, 1.0, 1.0])
-    symmetric = (mean + mirrored) / 2
-    return symmetric - symmetric.mean(0)
-
-
+# ------------------------------------------------------------------------------ rotations, weak perspective
 def _rotation_from_affine(affine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest scaled rotation to affine cameras ``(F, 2, 3)`` -> ``(R (F, 3, 3), scale (F,))``."""
     u, singular, vh = torch.linalg.svd(affine, full_matrices=False)  # (F,2,2), (F,2), (F,2,3)
@@ -199,29 +125,36 @@ def _pseudo_inverse(mean_face: np.ndarray | None) -> torch.Tensor:
     return _MEAN_FACE_PINV
 
 
+def weak_perspective_fit(points: torch.Tensor, mean_face: np.ndarray | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled-orthographic fit of the mean face to image points: ``(F, 68, 2)`` float64 ->
+    ``(R (F, 3, 3), scale (F,) px per model mm)``, ``x_image = scale * (R @ X)[:2] + t``."""
+    centred = points - points.mean(1, keepdim=True)
+    if not torch.isfinite(centred).all() or (centred.abs().amax((1, 2)) < 1e-6).any():
+        raise HeadPoseInputError("landmarks68: some faces have non-finite or coincident points")
+    # The model is fixed, so the least-squares affine camera of every face is one product: (F, 2, 68) @ (68, 3).
+    affine = centred.transpose(1, 2) @ _pseudo_inverse(mean_face).to(points.device)
+    return _rotation_from_affine(affine)
+
+
 def estimate_head_pose(landmarks68, mean_face: np.ndarray | None = None) -> torch.Tensor:
-    """Pitch, yaw, roll (radians) of faces from their image landmarks.
+    """Pitch, yaw, roll (radians) of faces from their image landmarks: one weak-perspective fit in image
+    coordinates, no camera (for OpenFace's camera-axis angles use :func:`fit_head_to_landmarks68`).
 
     Args:
         landmarks68: ``(F, 68, 2)`` iBUG-68 points in image pixels (numpy or torch).
-        mean_face: ``(68, 3)`` 3-D model; default :data:`MEAN_FACE_68_MM`.
+        mean_face: ``(68, 3)`` 3-D model; default :data:`~video_fer.faces.mean_face.MEAN_FACE_68_MM`.
 
     Returns:
-        float32 ``(F, 3)`` ``pose_Rx`` (pitch), ``pose_Ry`` (yaw), ``pose_Rz`` (roll) in radians,
-        OpenFace's convention (see module doc).
+        float32 ``(F, 3)`` ``pose_Rx`` (pitch), ``pose_Ry`` (yaw), ``pose_Rz`` (roll) in radians (OpenFace's
+        axes and Euler order).
     """
     points = torch.as_tensor(np.asarray(landmarks68) if not isinstance(landmarks68, torch.Tensor) else landmarks68)
     if points.ndim != 3 or points.shape[1:] != (68, 2):
         raise HeadPoseInputError(f"landmarks68: expected shape (F, 68, 2), got {tuple(points.shape)}")
     if points.shape[0] == 0:
         return torch.zeros((0, 3), dtype=torch.float32)
-    points = points.double()
-    centred = points - points.mean(1, keepdim=True)
-    if not torch.isfinite(centred).all() or (centred.abs().amax((1, 2)) < 1e-6).any():
-        raise HeadPoseInputError("landmarks68: some faces have non-finite or coincident points")
-    # The model is fixed, so the least-squares affine camera of every face is one product: (F, 2, 68) @ (68, 3).
-    affine = centred.transpose(1, 2) @ _pseudo_inverse(mean_face).to(points.device)
-    rotation, _ = _rotation_from_affine(affine)
+    rotation, _ = weak_perspective_fit(points.double(), mean_face)
     return euler_from_rotation(rotation).float()
 
 
@@ -231,6 +164,208 @@ def project_mean_face(angles: torch.Tensor, scale: float = 2.0, offset=(320.0, 1
     model = torch.from_numpy(MEAN_FACE_68_MM.astype(np.float64))
     rotated = model @ rotation.transpose(-1, -2)  # (F, 68, 3)
     return (scale * rotated[..., :2] + torch.tensor(offset, dtype=torch.float64)).float()
+
+
+def rotation_to_euler(rotation: np.ndarray) -> np.ndarray:
+    """numpy :func:`euler_from_rotation`: ``(..., 3, 3)`` -> ``(..., 3)`` float64 pitch, yaw, roll (radians)."""
+    return euler_from_rotation(torch.from_numpy(np.asarray(rotation, np.float64))).numpy()
+
+
+def euler_to_rotation(angles: np.ndarray) -> np.ndarray:
+    """numpy :func:`rotation_from_euler`: ``(..., 3)`` pitch, yaw, roll -> ``(..., 3, 3)`` float64 ``Rx @ Ry @ Rz``."""
+    return rotation_from_euler(torch.from_numpy(np.asarray(angles, np.float64))).numpy()
+
+
+# ------------------------------------------------------------------------------ cameras
+def openface_focal_px(width: float, height: float) -> float:
+    """OpenFace's focal length when no calibration is given: ``500 * (W/640 + H/480) / 2`` px."""
+    return 500.0 * (float(width) / 640.0 + float(height) / 480.0) / 2.0
+
+
+def image_centre(width: float, height: float) -> np.ndarray:
+    """The principal point in pixel-centre coordinates ``(2,)``: ``((W - 1) / 2, (H - 1) / 2)``."""
+    return np.array([(float(width) - 1.0) / 2.0, (float(height) - 1.0) / 2.0])
+
+
+def bearing_rotation(rays: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking the optical axis ``(0, 0, 1)`` onto each ray: ``(F, 3)`` -> ``(F, 3, 3)``."""
+    rays = np.asarray(rays, dtype=np.float64)
+    rays = rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+    axis = np.stack([-rays[:, 1], rays[:, 0], np.zeros(len(rays))], -1)  # z x ray
+    sin = np.linalg.norm(axis, axis=-1)
+    cos = rays[:, 2]
+    unit = np.where(sin[:, None] > 1e-12, axis / np.maximum(sin, 1e-12)[:, None], 0.0)
+    cross = np.zeros((len(rays), 3, 3))
+    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -unit[:, 2], unit[:, 1], -unit[:, 0]
+    cross = cross - cross.transpose(0, 2, 1)
+    return np.eye(3) + sin[:, None, None] * cross + (1.0 - cos)[:, None, None] * (cross @ cross)
+
+
+def pixel_rays(pixels: np.ndarray, focal: float, centre: np.ndarray) -> np.ndarray:
+    """``(..., 2)`` pixels -> ``(..., 3)`` rays ``((x - cx) / f, (y - cy) / f, 1)``."""
+    return np.concatenate([(pixels - centre) / focal, np.ones(pixels.shape[:-1] + (1,))], -1)
+
+
+def to_head_camera(points: np.ndarray, bearing: np.ndarray, focal: float, centre: np.ndarray) -> np.ndarray:
+    """Re-image points ``(F, N, 2 or 3)`` (pixels; z, if any, is kept) in a virtual camera turned by
+    ``bearing (F, 3, 3)`` with the same focal length and centre: each pixel's ray is rotated by ``bearing^T``.
+
+    Why: an off-centre head is seen obliquely by the real image plane (perspective shear); in the
+    turned camera it sits on the optical axis, where a weak-perspective fit is accurate.
+    """
+    turned = np.einsum("fji,fnj->fni", bearing, pixel_rays(points[..., :2], focal, centre))  # bearing^T @ ray
+    pixels = turned[..., :2] / turned[..., 2:3] * focal + centre
+    return np.concatenate([pixels, points[..., 2:]], -1)
+
+
+# ------------------------------------------------------------------------------ fits in OpenFace's convention
+@dataclass
+class HeadFit:
+    """The rigid fit of a head model to faces: their pose, and what gaze needs.
+
+    Attributes:
+        pose: float64 ``(F, 6)`` ``pose_Tx, pose_Ty, pose_Tz`` (mm), ``pose_Rx, pose_Ry, pose_Rz`` (radians).
+        rotation: ``(F, 3, 3)`` the head's rotation in the requested convention (OpenFace axes).
+        line_of_sight: ``(F, 3, 3)`` the rotation seen by a virtual camera turned to look at the head.
+        bearing: ``(F, 3, 3)`` the rotation from the optical axis to the ray through the head.
+        scale: ``(F,)`` turned-camera pixels per model unit (canonical cm for the mesh, mm for 68 points).
+        shift: ``(F, 3)`` the mesh fit's translation (turned-camera pixels; NaN for the 68-point fit).
+        focal, centre: the camera (px) the points were taken with.
+        valid: bool ``(F,)`` faces with finite points (the other rows are NaN).
+    """
+
+    pose: np.ndarray
+    rotation: np.ndarray
+    line_of_sight: np.ndarray
+    bearing: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
+    focal: float
+    centre: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def empty(cls, count: int, focal: float, centre: np.ndarray, valid: np.ndarray) -> "HeadFit":
+        nan_rotations = np.full((count, 3, 3), np.nan)
+        return cls(np.full((count, 6), np.nan), nan_rotations, nan_rotations.copy(), nan_rotations.copy(),
+                   np.full(count, np.nan), np.full((count, 3), np.nan), focal, centre, valid)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """``{"pose_Tx": (F,), ..., "pose_Rz": (F,)}``."""
+        return {name: self.pose[:, k] for k, name in enumerate(POSE_COLUMNS)}
+
+
+def weighted_procrustes(source: np.ndarray, target: np.ndarray, weights: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Similarity transforms ``target ~ scale * R @ source + shift``, batched.
+
+    Args:
+        source: ``(K, 3)`` model points; target: ``(F, K, 3)`` observed points; weights: ``(K,)`` >= 0.
+
+    Returns:
+        ``R (F, 3, 3)`` proper rotations, ``scale (F,)``, ``shift (F, 3)``.
+    """
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    source_mean = w @ source
+    target_mean = np.einsum("k,fkd->fd", w, target)
+    s0 = source - source_mean
+    t0 = target - target_mean[:, None]
+    covariance = np.einsum("k,fki,kj->fij", w, t0, s0)  # sum_k w t s^T
+    u, singular, vt = np.linalg.svd(covariance)
+    fix = np.ones((len(target), 3))
+    fix[:, 2] = np.sign(np.linalg.det(u @ vt))  # a reflection is not a head pose
+    rotation = (u * fix[:, None, :]) @ vt
+    scale = (singular * fix).sum(-1) / (w @ (s0 ** 2).sum(-1))
+    shift = target_mean - scale[:, None] * (rotation @ source_mean)
+    return rotation, scale, shift
+
+
+def _camera(width: int, height: int, focal_px: float | None, convention: str) -> tuple[float, np.ndarray]:
+    if convention not in CONVENTIONS:
+        raise HeadPoseInputError(f"convention={convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    if width <= 0 or height <= 0:
+        raise HeadPoseInputError(f"image size must be positive, got {width}x{height}")
+    return (openface_focal_px(width, height) if focal_px is None else float(focal_px)), image_centre(width, height)
+
+
+def fit_head_to_mesh(mesh: np.ndarray, width: int, height: int, geometry: FaceGeometry, focal_px: float | None = None,
+                     convention: str = "camera_axis") -> HeadFit:
+    """OpenFace-style head pose of faces from their MediaPipe meshes (see the module doc).
+
+    Args:
+        mesh: ``(F, 478 or 468, 3)`` MediaPipe points in pixels of a ``width x height`` image, as
+            ``Face.native_landmarks``: ``x = x_norm * W - 0.5``, ``y = y_norm * H - 0.5`` (origin at the
+            top-left pixel centre), ``z = z_norm * W`` (away from the camera). NaN faces give NaN rows.
+        geometry: :func:`~video_fer.faces.canonical_face.read_face_geometry` of the landmarker's model file.
+        focal_px: **[ours]** the camera's focal length in px; default :func:`openface_focal_px` (OpenFace's own
+            guess, so the angles and mm compare with its columns).
+        convention: ``"camera_axis"`` (OpenFace's) or ``"line_of_sight"``.
+    """
+    focal, centre = _camera(width, height, focal_px, convention)
+    mesh = np.asarray(mesh, dtype=np.float64)
+    if mesh.ndim != 3 or mesh.shape[1] < 468 or mesh.shape[2] != 3:
+        raise HeadPoseInputError(f"mesh: expected MediaPipe points (F, 478, 3) in pixels, got shape {mesh.shape}")
+    fit = HeadFit.empty(len(mesh), focal, centre, np.isfinite(mesh[:, :468]).all((1, 2)))
+    valid = fit.valid
+    if not valid.any():
+        return fit
+    canonical = geometry.canonical @ FLIP_Y_Z  # OpenFace axes: x right, y down, z away
+    model, weights = canonical[geometry.landmark_ids], geometry.landmark_weights
+    origin = FLIP_Y_Z @ OPENFACE_ORIGIN_IN_CANONICAL_CM
+    observed = mesh[valid][:, geometry.landmark_ids]
+
+    def head_ray(rotation, scale, shift):  # the ray through the model origin's pixel
+        return pixel_rays((scale[:, None] * (rotation @ origin) + shift)[:, :2], focal, centre)
+
+    bearing = bearing_rotation(head_ray(*weighted_procrustes(model, observed, weights)))  # pass 1: where
+    rotation, scale, shift = weighted_procrustes(model, to_head_camera(observed, bearing, focal, centre), weights)
+    bearing = bearing @ bearing_rotation(head_ray(rotation, scale, shift))  # the small residual turn of pass 2
+    rotation, scale, shift = weighted_procrustes(model, to_head_camera(observed, bearing, focal, centre), weights)
+    depth = focal * CANONICAL_TO_OPENFACE_SCALE / scale  # mm along the head's ray: model mm * f / size px
+    fit.line_of_sight[valid] = rotation
+    fit.bearing[valid] = bearing
+    fit.rotation[valid] = bearing @ rotation if convention == "camera_axis" else rotation
+    fit.scale[valid], fit.shift[valid] = scale, shift
+    fit.pose[valid, :3] = np.einsum("fij,fj->fi", bearing, head_ray(rotation, scale, shift) * depth[:, None])
+    fit.pose[valid, 3:] = rotation_to_euler(fit.rotation[valid])
+    return fit
+
+
+def fit_head_to_landmarks68(landmarks68: np.ndarray, width: int, height: int, focal_px: float | None = None,
+                            convention: str = "camera_axis") -> HeadFit:
+    """OpenFace-style head pose from 68 image landmarks (FAN, precomputed files; see the module doc).
+
+    Args:
+        landmarks68: ``(F, 68, 2)`` iBUG-68 points in pixels of a ``width x height`` image (NaN faces give NaN rows).
+        focal_px, convention: as :func:`fit_head_to_mesh`.
+
+    Returns:
+        a :class:`HeadFit` (``scale`` in turned-camera px per mm; ``pose_T*`` = the mean face's centroid).
+    """
+    focal, centre = _camera(width, height, focal_px, convention)
+    points = np.asarray(landmarks68, dtype=np.float64)
+    if points.ndim != 3 or points.shape[1:] != (68, 2):
+        raise HeadPoseInputError(f"landmarks68: expected shape (F, 68, 2), got {points.shape}")
+    fit = HeadFit.empty(len(points), focal, centre, np.isfinite(points).all((1, 2)))
+    valid = fit.valid
+    if not valid.any():
+        return fit
+    observed = points[valid]
+    bearing = bearing_rotation(pixel_rays(observed.mean(1), focal, centre))  # pass 1: the centroid's ray
+    for _ in range(2):  # pass 2 refines the bearing with the re-imaged centroid
+        turned = to_head_camera(observed, bearing, focal, centre)
+        bearing = bearing @ bearing_rotation(pixel_rays(turned.mean(1), focal, centre))
+    turned = to_head_camera(observed, bearing, focal, centre)
+    rotation, scale = weak_perspective_fit(torch.from_numpy(turned))
+    rotation, scale = rotation.numpy(), scale.numpy()
+    depth = focal / scale  # mm along the ray: f / (px per mm)
+    fit.line_of_sight[valid] = rotation
+    fit.bearing[valid] = bearing
+    fit.rotation[valid] = bearing @ rotation if convention == "camera_axis" else rotation
+    fit.scale[valid] = scale
+    fit.pose[valid, :3] = np.einsum("fij,fj->fi", bearing, pixel_rays(turned.mean(1), focal, centre) * depth[:, None])
+    fit.pose[valid, 3:] = rotation_to_euler(fit.rotation[valid])
+    return fit
 
 
 # ------------------------------------------------------------------------------ derivation
@@ -283,6 +418,12 @@ def main(argv=None) -> int:
     rows = [f"    [{x:8.3f}, {y:8.3f}, {z:8.3f}]," for x, y, z in face]
     print("\n".join(rows))
     return 0
+
+
+__all__ = ["CONVENTIONS", "HeadFit", "HeadPoseInputError", "MEAN_FACE_68_MM", "POSE_COLUMNS", "bearing_rotation",
+           "estimate_head_pose", "euler_from_rotation", "euler_to_rotation", "fit_head_to_landmarks68",
+           "fit_head_to_mesh", "openface_focal_px", "project_mean_face", "rotation_from_euler", "rotation_to_euler",
+           "to_head_camera", "weak_perspective_fit", "weighted_procrustes"]
 
 
 if __name__ == "__main__":
