@@ -6,12 +6,23 @@
     python recipes/finetune_au.py --config recipes/configs/finetune_au_disfa.yaml data.root=DISFA \\
         data.cache=cache/disfa model.encoder=... train.task=intensity --fold 2
     python recipes/finetune_au.py ... --resume        # continue an interrupted fold from its last epoch
+    python recipes/finetune_au.py --config recipes/configs/distill_au_blendshapes.yaml \\
+        data.cache=<cache of unlabeled video, prepared with MediaPipe> model.encoder=runs/pretrain_tae/encoder
 
 Modes (``train.mode``): ``linear`` freezes the encoder and trains BatchNorm1d + Linear (no bias)
 on the action embedding (the papers' protocol; embeddings are computed once per run and
 reused by every fold); ``finetune`` trains the whole encoder (its LR scaled by
 ``train.backbone_lr_scale``). ``train.task``: ``occurrence`` (BCE with per-AU positive
 weights from the training fold) or ``intensity`` (DISFA, MSE; scored with ICC(3,1), PCC, MAE).
+
+``data.dataset=blendshapes`` distils the no-training default into the encoder's action embedding,
+no human labels: every frame of ``data.cache`` (prepared with MediaPipe, which stores each frame's
+blendshapes) is labelled by the blendshape AU table (:func:`video_fer.data.au_datasets.read_blendshape_aus`,
+the 17 ``AUxx_r`` of ``video-fer track --model mediapipe``); the folds are three identity-disjoint
+parts of the cache's identities (``data.parts``, or split by ``train.seed`` when null), so each
+fold's test scores say how well the head reproduces the table on people it never saw.
+``train.bundle: true`` then writes ``bundle/``: the best fold's head on the encoder, with the
+default's head pose and gaze columns, ready for ``video-fer track --model <output_dir>/bundle``.
 
 Each fold trains on the other two parts' subjects minus a held-out validation split of them
 (``data.val_fraction``, early stopping after ``train.patience`` epochs without improvement)
@@ -21,8 +32,9 @@ is skipped on rerun, so ``--fold all`` after ``--fold 1`` only runs folds 2 and 
 Outputs (``train.output_dir``): ``run.json``, ``faces_report.json`` (labelled frames without a
 face, per subject), ``fold_<k>/`` (``train.csv``, ``checkpoints/``, ``model/`` = best
 :class:`~video_fer.models.task_models.AUClassifier` for ``video_fer.load_model``,
-``predictions.npz``, ``result.json``), and ``results.json`` + ``results.md`` (mean over folds,
-the papers' table layout; recomputable with ``video-fer evaluate <output_dir>``).
+``predictions.npz``, ``result.json``), ``results.json`` + ``results.md`` (mean over folds,
+the papers' table layout; recomputable with ``video-fer evaluate <output_dir>``), and with
+``train.bundle`` a track bundle ``bundle/`` of the best fold.
 """
 from __future__ import annotations
 
@@ -38,7 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from video_fer.config import config_to_dict, load_config
-from video_fer.data.au_datasets import read_au_csv, read_bp4d, read_disfa
+from video_fer.data.au_datasets import read_au_csv, read_blendshape_aus, read_bp4d, read_disfa
 from video_fer.data.au_faces import (AUFaceDataset, LabelledCacheFaces, balanced_sampling_weights, compute_embeddings,
                                      faces_report, match_labelled_faces, read_face_crops, remap_to_sequence_videos,
                                      write_sequence_videos)
@@ -68,7 +80,7 @@ METHOD_NAMES = {"linear": "linear probe", "finetune": "fine-tuned"}
 class AUDataConfig:
     """Labels, the face cache of the same videos, folds."""
 
-    dataset: str = "bp4d"           # bp4d | disfa | csv
+    dataset: str = "bp4d"           # bp4d | disfa | csv | blendshapes (labels from the cache's own blendshapes)
     cache: str | None = None        # `video-fer prepare` output of the dataset's videos
     root: str | None = None         # DISFA root (ActionUnit_Labels/, Videos_LeftCamera/)
     label_dir: str | None = None    # BP4D AU_OCC folder
@@ -82,7 +94,8 @@ class AUDataConfig:
     video_pattern: str | None = None
     occurrence_threshold: float | None = None  # csv intensities: present from this value
     aus: list | None = None         # null = the dataset's standard AUs (csv: every AU column)
-    parts: list | None = None       # three subject lists; null = the standard JAA-Net folds (bp4d/disfa)
+    parts: list | None = None       # three subject lists; null = the standard JAA-Net folds (bp4d/disfa), or
+                                    # (blendshapes) the cache's identities split in three by train.seed
     check_media: bool = True        # check that every labelled image / video exists (and video lengths)
     val_fraction: float = 0.2       # training subjects held out for early stopping
     balanced_sampling: bool = False
@@ -117,6 +130,7 @@ class AUTrainConfig:
     threshold: float = 0.5
     mixed_precision: str = "no"
     keep_checkpoints: int = 1
+    bundle: bool = False            # also write <output_dir>/bundle: the best fold + the default's pose and gaze
 
 
 @dataclass
@@ -144,6 +158,7 @@ def run_fingerprint(config: FinetuneAUConfig) -> str:
     settings = config_to_dict(config)
     settings["train"].pop("output_dir")
     settings["train"].pop("keep_checkpoints")
+    settings["train"].pop("bundle")
     settings["data"].pop("num_workers")
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -170,14 +185,25 @@ def read_labels(data: AUDataConfig):
         if data.csv is None:
             raise ConfigError("data.dataset=csv needs data.csv (columns path,subject,AU01,...)")
         return read_au_csv(data.csv, root=data.csv_root, aus=data.aus, occurrence_threshold=data.occurrence_threshold)
-    raise ConfigError(f"data.dataset={data.dataset!r}: choose bp4d, disfa or csv")
+    if dataset == "blendshapes":
+        return read_blendshape_aus(FaceTrackCache(data.cache), aus=data.aus,
+                                   presence_intensity=data.occurrence_threshold)
+    raise ConfigError(f"data.dataset={data.dataset!r}: choose bp4d, disfa, csv or blendshapes")
 
 
-def subject_parts(data: AUDataConfig) -> list[list[str]]:
+def subject_parts(data: AUDataConfig, subjects, seed: int) -> list[list[str]]:
+    """The three subject parts of the folds (``subjects``: the labelled faces' subjects, for the blendshape split)."""
     if data.parts is not None:
         return [[str(subject) for subject in part] for part in data.parts]
     if data.dataset.lower() == "csv":
         raise ConfigError("data.dataset=csv: give data.parts (three subject lists) to define the folds")
+    if data.dataset.lower() == "blendshapes":  # identity-disjoint thirds, fixed by the seed
+        names = sorted(set(np.asarray(subjects).tolist()))
+        if len(names) < 3:
+            raise ConfigError(f"data.dataset=blendshapes: {len(names)} identities in {data.cache}; three folds need "
+                              "three or more (give data.parts)")
+        order = np.random.default_rng(seed).permutation(len(names))
+        return [[names[k] for k in sorted(order[part::3])] for part in range(3)]
     return [list(part) for part in dataset_parts(data.dataset)]
 
 
@@ -316,13 +342,13 @@ def batch_loss(outputs: torch.Tensor, batch: dict, task: str, pos_weight: torch.
 
 
 def end_of_epoch(run: RecipeRun, model, out: Path, fold: int, progress: dict, score: float | None, losses: list,
-                 log, keep_checkpoints: int) -> None:
+                 log, keep_checkpoints: int, alignment: dict) -> None:
     """Keep the best model, log the epoch, checkpoint it (with the early-stopping state)."""
     epoch = progress["epoch"]
     improved = record_validation(progress, score, epoch)
     if improved and run.is_main:
         save_model(run.accelerator.unwrap_model(model), out / "model",
-                   extra={"fold": fold, "epoch": epoch, "validation": score})
+                   extra={"fold": fold, "epoch": epoch, "validation": score, "alignment": alignment})
     if run.is_main:
         log.write({"step": epoch, "epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "validation": "" if score is None else score, "best_epoch": progress["best_epoch"]})
@@ -409,7 +435,8 @@ def run_fold(fold: int, *, config: FinetuneAUConfig, run: RecipeRun, cache, face
         progress["epoch"] = epoch + 1
         score = validation_score(unwrapped, cache, split["val"], split_embeddings["val"], train,
                                  accelerator.device) if len(split["val"]) else None
-        end_of_epoch(run, model, out, fold, progress, score, losses, log, train.keep_checkpoints)
+        end_of_epoch(run, model, out, fold, progress, score, losses, log, train.keep_checkpoints,
+                     cache.alignment.to_dict())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", val="-" if score is None else f"{score:.4f}")
         if should_stop(progress, train.patience):
@@ -479,6 +506,17 @@ def frozen_embeddings(run: RecipeRun, encoder, cache, faces: LabelledCacheFaces,
     return torch.load(path)["embeddings"]
 
 
+def write_bundle(out: Path, config: FinetuneAUConfig) -> Path:
+    """``<out>/bundle``: the best fold's model (its encoder is the run's, frozen in linear mode) with the
+    no-training default's head pose and gaze columns (``video-fer bundle --au[-intensity] <out>``)."""
+    from video_fer.track.assemble import assemble_bundle
+
+    task = "au_intensity" if config.train.task == "intensity" else "au"
+    bundle = assemble_bundle(out / "bundle", {task: out}, default_columns=("pose", "gaze"))
+    print(f"track bundle: {out / 'bundle'} ({', '.join(bundle.column_sources())})")
+    return out / "bundle"
+
+
 # ---------------------------------------------------------------------------------- the recipe
 def main(argv=None) -> int:
     # ---------------------------------------------------------------- config
@@ -506,15 +544,17 @@ def main(argv=None) -> int:
         encoder = encoder.cpu()
 
     # ---------------------------------------------------------------- folds, then their mean
-    parts = subject_parts(config.data)
+    parts = subject_parts(config.data, faces.subjects, train.seed)
     for fold in [1, 2, 3] if args.fold == "all" else [int(args.fold)]:
         run_fold(fold, config=config, run=run, cache=cache, faces=faces, embeddings=embeddings, encoder=encoder,
                  parts=parts, fingerprint=fingerprint, resume=args.resume)
     if run.is_main:
         results = evaluate_run(run.out, threshold=train.threshold)
         run.accelerator.print(markdown_table(results))
+        if train.bundle:
+            write_bundle(run.out, config)
         run.accelerator.print(f"outputs in {run.out.resolve()}: results.md, results.json, fold_*/ (model/, "
-                              "predictions.npz)")
+                              "predictions.npz)" + (", bundle/" if train.bundle else ""))
     finish_run(run)
     return 0
 

@@ -277,6 +277,69 @@ def test_recipe_finetunes_intensity_on_crops(tmp_path, run_recipe):
     assert "ICC(3,1)" in markdown and "fold 3 only (incomplete)" in markdown
 
 
+# ----------------------------------------------------------------------------- distillation of the blendshape AUs
+IDENTITIES = ("ann", "bob", "cy", "dee", "eve", "fay")
+
+
+def blendshape_cache(root: Path, frames_per_identity: int = 8, seed: int = 0, alignment=None) -> Path:
+    """A cache of random 64 px crops whose tracks store MediaPipe-like blendshapes (what prepare stores)."""
+    rng = np.random.default_rng(seed)
+    writer = CacheWriter(root)
+    alignment = alignment or AlignmentSpec(size=64)
+    writer.begin({"alignment": alignment.to_dict(), "landmarker": "mediapipe", "size": alignment.size})
+    for identity in IDENTITIES:
+        video = str(root.parent / "videos" / f"{identity}.mp4")
+        crops = rng.integers(0, 256, (frames_per_identity, alignment.size, alignment.size, 3), dtype=np.uint8)
+        shapes = rng.uniform(0, 0.8, (frames_per_identity, 52)).astype(np.float32)
+        shapes[-1] = np.nan  # a frame whose blendshapes are missing: not coded
+        row = writer.write_track(f"{identity}__t0000", crops, {"frame_indices": np.arange(frames_per_identity),
+                                                               "blendshapes": shapes},
+                                 source=video, identity=identity, fps=25.0)
+        writer.commit_video(identity, {"source": video, "status": "ok", "tracks": [row]})
+    writer.rebuild_index()
+    return root
+
+
+def test_blendshape_labels_are_the_tables_aus_of_each_cached_frame(tmp_path):
+    from video_fer.data.au_datasets import read_blendshape_aus
+    from video_fer.faces.blendshape_aus import INTENSITY_AUS, blendshape_aus
+
+    cache = FaceTrackCache(blendshape_cache(tmp_path / "cache"))
+    table = read_blendshape_aus(cache)
+    assert table.au_numbers == INTENSITY_AUS and len(table) == 48
+    shapes = cache.track_arrays("bob__t0000")["blendshapes"]
+    expected = blendshape_aus(shapes)
+    rows = np.flatnonzero(table.subjects == "bob")
+    np.testing.assert_allclose(table.intensity[rows, INTENSITY_AUS.index(12)], expected["AU12_r"], rtol=1e-6)
+    assert (table.occurrence[rows[-1]] == -1).all() and np.isnan(table.intensity[rows[-1]]).all()  # not coded
+    np.testing.assert_array_equal(table.occurrence[rows[:-1], INTENSITY_AUS.index(12)], expected["AU12_c"][:-1])
+    faces, join = au_faces.match_labelled_faces(table, cache)
+    assert len(faces) == 48 and au_faces.faces_report(join)["without_face"] == 0
+
+
+def test_distillation_recipe_writes_identity_disjoint_folds_and_a_track_bundle(tmp_path, run_recipe):
+    from video_fer.track.bundle import load_bundle
+    from video_fer.track.table import column_names
+
+    blendshape_cache(tmp_path / "cache")
+    out = tmp_path / "run"
+    result = run_recipe(f"data.cache={tmp_path / 'cache'}", "train.epochs=2", f"train.output_dir={out}",
+                        "data.val_fraction=0.25", "--fold", "all", config="distill_au_blendshapes.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folds = [json.loads((out / f"fold_{k}" / "result.json").read_text()) for k in (1, 2, 3)]
+    tested = [set(fold["test_subjects"]) for fold in folds]
+    assert set().union(*tested) == set(IDENTITIES) and sum(map(len, tested)) == 6  # each identity tested once
+    for fold in folds:
+        assert not set(fold["test_subjects"]) & set(fold["train_subjects"] + fold["validation_subjects"])
+        assert len(fold["icc"]) == 17 and fold["task"] == "intensity"
+    assert json.loads((out / "fold_1" / "model" / "config.json").read_text())["extra"]["alignment"]["size"] == 64
+    bundle = load_bundle(out / "bundle")
+    assert bundle.default_columns == ("pose", "gaze") and bundle.specs["au_intensity"].names[-1] == 45
+    columns = column_names(bundle)
+    assert "gaze_angle_x" in columns and "AU45_r" in columns and "AU45_c" not in columns
+    assert "track bundle:" in result.stdout
+
+
 # ----------------------------------------------------------------------------- the full protocol on real faces
 def write_fake_bp4d(root: Path, videos: Path) -> dict[str, int]:
     """BP4D layout from real frames: 6 subjects (2 per part), task T1, 5 face frames each; F003 also gets

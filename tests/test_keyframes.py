@@ -82,6 +82,31 @@ def test_interpolated_landmarks_are_the_linear_mix_of_the_keyframes(batch_size):
         assert np.abs(faces[index][0].landmarks - moving_face(index)[0].landmarks).max() > 0.1  # really a mix
 
 
+def meshed_face(index):
+    """A moving face that also carries a 478-point mesh and 52 blendshapes, both changing with the frame."""
+    face = moving_face(index)[0]
+    mesh = np.zeros((478, 3), np.float32) + np.array([index, 2.0 * index, -0.5 * index ** 2], np.float32)
+    shapes = np.linspace(0, 1, 52, dtype=np.float32) * (index / 20.0) ** 2
+    return [Face(box=face.box, score=face.score, landmarks=face.landmarks, native_landmarks=mesh, blendshapes=shapes)]
+
+
+def test_the_mesh_and_blendshapes_are_interpolated_with_the_landmarks():
+    """The default's pose, gaze and AUs read the mesh and the blendshapes: between keyframes they are the same
+    linear mix of the two keyframes' values as the landmarks."""
+    landmarker = ScriptedLandmarker(meshed_face)
+    indices, faces, source, _ = run_clip(landmarker, 3, 5)
+    for index in np.flatnonzero(source == INTERPOLATED):
+        before = max(k for k in landmarker.seen if k < index)
+        after = min(k for k in landmarker.seen if k > index)
+        weight = (index - before) / (after - before)
+        for attribute in ("native_landmarks", "blendshapes"):
+            expected = (1 - weight) * getattr(meshed_face(before)[0], attribute) \
+                + weight * getattr(meshed_face(after)[0], attribute)
+            np.testing.assert_allclose(getattr(faces[index][0], attribute), expected, atol=1e-5, err_msg=attribute)
+        # a curved path: the mix differs from the frame's own values, so it was really interpolated
+        assert np.abs(faces[index][0].blendshapes - meshed_face(index)[0].blendshapes).max() > 1e-4
+
+
 def test_every_one_landmarks_every_frame_and_the_output_does_not_depend_on_the_batch_size():
     landmarker = ScriptedLandmarker(moving_face)
     _, faces, source, _ = run_clip(landmarker, 1, 5)

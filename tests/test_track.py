@@ -1,4 +1,5 @@
-"""`video-fer track`: row counts on every shared video, columns and ranges, batching, options, batch mode, pose."""
+"""`video-fer track`: row counts on every shared video, columns and ranges, batching, options, batch mode, pose,
+and the no-training default (--model mediapipe)."""
 import gc
 import shutil
 import time
@@ -14,7 +15,7 @@ from video_fer.faces.ibug68 import MIRROR_68
 from video_fer.track.run import iter_clip_batches, track
 from video_fer.track.settings import TrackSettings
 from video_fer.track.stages import QUEUE_BATCHES, FaceBatch, FacePredictions, batch_rows
-from video_fer.track.table import BASE_COLUMNS, column_names, read_table
+from video_fer.track.table import BASE_COLUMNS, column_names, metadata_path, read_table
 from video_fer.video import VideoReader
 
 TINY = dict(image_size=64, width=8, embedding_dim=32, attention_streams=4, stream_width=8)
@@ -68,7 +69,8 @@ def test_face_and_no_face_segments_are_found(shared_tables, name, face_first):
 
 def test_columns_and_value_ranges(shared_tables, bundle_dir):
     table = shared_tables["WolfgangLanger_Pexels.mp4"]
-    expected = list(BASE_COLUMNS) + [f"AU{au:02d}_c" for au in AUS] + ["AU06_r", "AU12_r"] + [
+    expected = list(BASE_COLUMNS) + ["pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"] + [
+        "AU06_r", "AU12_r"] + [f"AU{au:02d}_c" for au in AUS] + [
         f"expression_{label}" for label in ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
     ] + ["expression", "valence", "arousal"]
     assert list(table) == expected
@@ -136,7 +138,7 @@ def test_corrupt_clip_in_a_batch_is_reported_and_the_others_still_produce_output
     assert code == 1
     assert "1 clip(s) tracked, 2 failed" in captured.out
     assert "b_corrupt.mp4" in captured.err and "c_noise.mp4" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["a_good.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.csv", "a_good.meta.json"]
     assert len(read_table(out / "a_good.csv")["frame"]) == 12
 
 
@@ -179,8 +181,9 @@ def test_rows_are_ordered_by_frame_then_face_and_empty_frames_get_a_failure_row(
                       frames=torch.zeros(3, 8, 8, 3, dtype=torch.uint8), positions=np.array([0, 0, 2]),
                       landmarks=np.zeros((3, 68, 2), np.float32), scores=np.array([0.9, 0.8, 0.7], np.float32),
                       face_ids=np.array([3, 1, 1]))
-    predictions = FacePredictions(pose=np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]]),
-                                  crop_landmarks=np.zeros((3, 68, 2)),
+    batch.columns = {name: np.array([0.1, 0.4, 0.7]) + k for k, name in enumerate(
+        ("pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"))}
+    predictions = FacePredictions(crop_landmarks=np.zeros((3, 68, 2)),
                                   au_presence=np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]),
                                   expression=np.eye(7)[[0, 3, 6]],
                                   valence_arousal=np.array([[0.1, -0.1], [0.2, -0.2], [0.3, -0.3]]))
@@ -191,7 +194,7 @@ def test_rows_are_ordered_by_frame_then_face_and_empty_frames_get_a_failure_row(
     assert rows["success"].tolist() == [1, 1, 0, 1]
     np.testing.assert_allclose(rows["confidence"], [0.8, 0.9, 0.0, 0.7])
     np.testing.assert_allclose(rows["AU02_c"], [0.4, 0.2, np.nan, 0.6])
-    np.testing.assert_allclose(rows["pose_Ry"], [0.5, 0.2, np.nan, 0.8])
+    np.testing.assert_allclose(rows["pose_Ry"], [4.4, 4.1, np.nan, 4.7])
     assert rows["expression"].tolist() == ["happiness", "surprise", "", "neutral"]
     np.testing.assert_allclose(rows["arousal"], [-0.2, -0.1, np.nan, -0.3])
 
@@ -316,3 +319,113 @@ def test_a_slow_network_stage_holds_a_bounded_number_of_frames(shared_videos, me
         rows += len(columns["frame"])
     assert rows == 160
     assert settings.batch_size <= max(alive) <= bound, alive
+
+
+# ----------------------------------------------------------------------------- the no-training default
+POSE = ["pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"]
+GAZE = ["gaze_0_x", "gaze_0_y", "gaze_0_z", "gaze_1_x", "gaze_1_y", "gaze_1_z", "gaze_angle_x", "gaze_angle_y"]
+OPENFACE_R = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45)
+OPENFACE_C = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 28, 45)
+EXPRESSIONS = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+DEFAULT_COLUMNS = (list(BASE_COLUMNS) + POSE + GAZE + [f"AU{au:02d}_r" for au in OPENFACE_R]
+                   + [f"AU{au:02d}_c" for au in OPENFACE_C] + [f"expression_{e}" for e in EXPRESSIONS] + ["expression"])
+
+
+@pytest.fixture
+def default_tables(shared_videos, mediapipe_model, tmp_path_factory):
+    """`video-fer track <shared videos folder>` without --model, once for the module: clip name -> (table, meta)."""
+    import json
+
+    if "default" not in _MEMO:
+        out = tmp_path_factory.mktemp("default_tracks")
+        code = cli_main(["track", str(shared_videos), "-o", str(out), "--landmarker-model", str(mediapipe_model),
+                         "--no-progress"])
+        assert code == 0
+        _MEMO["default"] = {name: (read_table(out / (name.rsplit(".", 1)[0] + ".csv")),
+                                   json.loads(metadata_path(out / (name.rsplit(".", 1)[0] + ".csv")).read_text()))
+                            for name in SHARED_VIDEOS}
+    return _MEMO["default"]
+
+
+@pytest.mark.parametrize("name", SHARED_VIDEOS)
+def test_the_default_needs_no_model_and_gives_every_frame_its_row(default_tables, shared_tables, shared_videos, name):
+    table, _ = default_tables[name]
+    assert list(table) == DEFAULT_COLUMNS
+    with VideoReader(shared_videos / name) as reader:
+        assert np.array_equal(table["frame"], np.arange(len(reader)))
+    # the same faces as a learned bundle's run (the landmarker settings differ only in blendshapes)
+    assert (table["success"] == shared_tables[name]["success"]).mean() > 0.98
+
+
+def test_the_defaults_columns_are_in_openfaces_units(default_tables):
+    table, meta = default_tables["WolfgangLanger_Pexels.mp4"]
+    face = table["success"] == 1
+    assert face.mean() > 0.95
+    values = {name: table[name][face] for name in DEFAULT_COLUMNS[5:] if name != "expression"}
+    for name, column in values.items():
+        assert np.isfinite(column).all(), name
+        assert np.isnan(table[name][~face]).all(), name
+    assert ((values["pose_Tz"] > 200) & (values["pose_Tz"] < 1500)).all()  # mm: a head half a metre to a metre away
+    assert (np.abs(np.stack([values[c] for c in POSE[3:]])) < np.pi / 2).all()
+    yaw = np.degrees(values["pose_Ry"])
+    assert np.percentile(yaw, 95) - np.percentile(yaw, 5) > 15  # she turns her head
+    gaze = np.stack([values[f"gaze_0_{axis}"] for axis in "xyz"], 1)
+    np.testing.assert_allclose(np.linalg.norm(gaze, axis=1), 1.0, atol=1e-6)
+    intensity = np.stack([values[f"AU{au:02d}_r"] for au in OPENFACE_R])
+    presence = np.stack([values[f"AU{au:02d}_c"] for au in OPENFACE_C])
+    assert ((intensity >= 0) & (intensity <= 5)).all() and intensity.std(1).min() > 0
+    assert set(np.unique(presence)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(values["AU12_c"], (values["AU12_r"] >= 1).astype(float))
+    probabilities = np.stack([values[f"expression_{e}"] for e in EXPRESSIONS], 1)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-4)
+    assert (table["expression"][face] == np.array(EXPRESSIONS)[probabilities.argmax(1)]).all()
+    assert (table["expression"][~face] == "").all()
+    assert meta["model"] == "mediapipe" and meta["frames"] == 472 and meta["width"] == 640
+    assert sorted(meta["columns"]) == ["au", "expression", "gaze", "pose"]
+    assert all("no training" in source for source in meta["columns"].values())
+    assert meta["default_columns"]["expression"]["method"].startswith("prototype-based")
+    assert len(meta["default_columns"]["au"]["table"]) == 18
+    assert "camera axis" in meta["default_columns"]["pose"]["convention"]
+
+
+def test_model_mediapipe_is_the_default_and_the_python_api_matches(shared_videos, mediapipe_model, default_tables):
+    clip = shared_videos / "single_face.mp4"
+    options = dict(landmarker_options={"model_path": str(mediapipe_model)})
+    named = track(clip, "mediapipe", **options)
+    unnamed = track(clip, **options)
+    reference, _ = default_tables["single_face.mp4"]
+    assert list(named) == list(unnamed) == DEFAULT_COLUMNS
+    for name in DEFAULT_COLUMNS:
+        if name == "expression":
+            assert list(named[name]) == list(unnamed[name]) == list(reference[name])
+        else:
+            np.testing.assert_allclose(np.asarray(named[name], float), np.asarray(unnamed[name], float), atol=1e-9)
+            np.testing.assert_allclose(np.asarray(named[name], float), reference[name], atol=2e-5, rtol=1e-5)
+
+
+def test_other_landmarkers_give_pose_from_68_points_and_refuse_the_mediapipe_only_columns(
+        shared_videos, mediapipe_model, bundle_dir, tmp_path, capsys):
+    """Precomputed landmarks (our npz of MediaPipe's 68 points): pose comes from the 68-point fit, close to the
+    mesh fit's; the default's gaze / AUs / expression need MediaPipe and say so."""
+    from video_fer.faces import create_landmarker
+    from video_fer.faces.precomputed import LandmarkTable, write_landmark_npz
+
+    clip = shared_videos / "single_face.mp4"
+    landmarker = create_landmarker("mediapipe", model_path=str(mediapipe_model), detector_scores=False)
+    with VideoReader(clip) as reader:
+        landmarker.start_clip(str(clip), reader.fps)
+        indices = np.arange(len(reader))
+        faces = [found[0] for found in landmarker(reader.get(indices), indices, reader.timestamps)]
+    landmarker.close()
+    write_landmark_npz(tmp_path / "single_face.npz", LandmarkTable(
+        indices, np.zeros(len(indices)), np.stack([f.landmarks for f in faces]), np.ones(len(indices))))
+    precomputed = dict(landmarker="precomputed", landmarker_options={"landmarks_dir": str(tmp_path)})
+    pose_only = track(clip, bundle_dir, **precomputed)  # the test bundle: learned heads + the default's pose
+    mesh = track(clip, bundle_dir, landmarker_options={"model_path": str(mediapipe_model)})
+    assert (pose_only["success"] == 1).all()
+    for name in POSE[3:]:
+        assert np.degrees(np.abs(pose_only[name] - mesh[name])).mean() < 4.0, name
+    code = cli_main(["track", str(clip), "--landmarker", "precomputed", "--landmarker-option",
+                     f"landmarks_dir={tmp_path}", "-o", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    assert "gaze, au, expression need MediaPipe's" in capsys.readouterr().err

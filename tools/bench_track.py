@@ -1,30 +1,34 @@
-"""Benchmark `video-fer track`: end-to-end frames per second, ratio to decode-only, peak memory.
+"""Benchmark `video-fer track`: whole processes paired with decode-only, CPU per stage, peak memory.
 
-Every track run is a whole process (``python -m video_fer.cli track CLIP --model BUNDLE``:
-interpreter start, imports, model loading, MediaPipe start-up, tracking, writing the CSV, exit),
-timed from outside; its peak resident memory and CPU time come from ``os.wait4``. Decode-only
-speed (the same clip, every frame, through the reader ``track`` uses) is measured in the same
-run, so the ratio compares like with like on however busy the machine is at that moment; the
-load average is printed before and after (wall-clock fps on a loaded 2-core machine mostly
-measures the other processes: the CPU seconds per frame are the steadier figure).
+Every run is a whole process timed from outside (interpreter start, imports, model loading,
+MediaPipe start-up, tracking, writing the table, exit); its CPU time and peak resident memory
+come from ``os.wait4``. Each round runs, one after the other: decode-only (the reader ``track``
+uses, ``VideoReader.iter_batches`` over every frame, with its imports), ``video-fer track`` with
+the no-training default (no ``--model``), and ``video-fer track --model BUNDLE``. The ratios are
+taken within each round (so a busy machine slows both sides of a ratio alike) and their median
+over the rounds is printed with every round's value and the load average before and after.
 
-The bundle is built with random weights (outputs mean nothing; speed does not depend on the
-weights): a TAE encoder (``--width``, ``--image-size``, K attention streams), the papers' linear
-AU probe (12 BP4D AUs), an expression head (``--expression-head``) and the two-level attention
-VA head.
+Targets (issue 13): the default <= 1.9x decode-only's time (OpenFace 2.0.2 with
+``-aus -pose -gaze`` took 3.9x decode-only, paired, on WolfgangLanger_Pexels.mp4: the default
+then runs at >= 2x OpenFace's frames per second), and a learned bundle <= 1.5x the default's time.
 
-``--long-repeats N [N ...]`` also writes long clips (all shared videos, resized to 640x360,
-repeated N times; 88 is about an hour) and tracks each, sampling the process's resident memory:
-peak memory must not grow with the clip's length.
-``--landmark-error`` measures what landmarks on keyframes cost in accuracy (see
-:func:`keyframe_landmark_error`).
+The bundle is ``--model BUNDLE`` or, without it, a random-weight bundle (outputs mean nothing;
+speed does not depend on the weights): a TAE encoder (``--width``, ``--image-size``, K attention
+streams), the papers' linear AU probe (12 BP4D AUs), an expression head (``--expression-head``),
+the two-level attention VA head, and the default's pose and gaze columns.
 
-    python tools/bench_track.py                         # reference widths at 128 px, 3 runs each
-    python tools/bench_track.py --width 16 --embedding-dim 128 --streams 4 --stream-width 32   # the recipe's demo size
-    python tools/bench_track.py --variants              # also: bfloat16, landmarks on every frame, no pipelining ...
-    python tools/bench_track.py --runs 0 --stages       # CPU cost of each stage, in process
-    python tools/bench_track.py --landmark-error        # keyframe landmarks vs every frame, shared videos
-    python tools/bench_track.py --runs 0 --long-repeats 1 12 88   # memory over a 41 s, an 8 min and an hour clip
+``--stages``: the CPU milliseconds per frame of each stage, run one after the other in this
+process. ``--long-repeats N [N ...]`` also writes long clips (all shared videos, resized to
+640x360, repeated N times; 88 is about an hour) and tracks each, sampling the process's resident
+memory: peak memory must not grow with the clip's length. ``--landmark-error`` measures what
+landmarks on keyframes cost in accuracy (:func:`keyframe_landmark_error`).
+
+    python tools/bench_track.py --rounds 5                   # default and random bundle vs decode-only
+    python tools/bench_track.py --rounds 5 --model runs/distill_au/bundle
+    python tools/bench_track.py --rounds 0 --stages          # CPU cost of each stage, in process
+    python tools/bench_track.py --variants                   # also: landmarks every 1/3, bfloat16, --no-pipeline ...
+    python tools/bench_track.py --landmark-error             # keyframe landmarks vs every frame, shared videos
+    python tools/bench_track.py --rounds 0 --long-repeats 1 12 88   # memory over a 41 s, an 8 min and an hour clip
 """
 from __future__ import annotations
 
@@ -63,35 +67,42 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
     """CPU milliseconds per processed frame of each stage, run one after the other (no pipelining),
     torch on one thread, as ``track`` runs them by default.
 
-    Process CPU time, because MediaPipe and decord compute in threads of their own.
+    Process CPU time, because MediaPipe and the decoder compute in threads of their own.
     """
     import numpy as np
     import torch
 
-    from video_fer.track.bundle import load_bundle
     from video_fer.data.prepare import align_in_regions
     from video_fer.faces import create_landmarker
-    from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
-    from video_fer.faces.tracking import FaceTracker
-    from video_fer.faces.head_pose import estimate_head_pose
     from video_fer.faces.crops import shrink_then_align
     from video_fer.faces.detection import SparseDetectorConfidence
+    from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
+    from video_fer.faces.tracking import FaceTracker
+    from video_fer.track.bundle import DEFAULT_COLUMN_GROUPS, load_bundle
+    from video_fer.track.default_columns import DefaultColumns
     from video_fer.track.run import inference_bundle
     from video_fer.track.settings import TrackSettings, default_landmarker_options
+    from video_fer.track.stages import FaceBatch, FacePredictions, batch_rows, stack_face_arrays
+    from video_fer.track.table import CsvTableWriter, column_names
     from video_fer.video import VideoReader
 
     torch.set_num_threads(1)
     bundle = inference_bundle(load_bundle(bundle_dir), TrackSettings())  # BatchNorms folded, channels-last
+    default = load_bundle("mediapipe")
     landmarks_name = f"landmarks (MediaPipe on every {landmark_every}. frame + interpolation)"
     names = ("decode", "landmarks (MediaPipe on every frame)", landmarks_name, "tracker",
-             "confidence (detector every 8th frame)", "align (fast)", "align (exact, as prepare)", "network", "head pose")
+             "confidence (detector every 8th frame)", "default columns (pose, gaze, AUs, expression)",
+             "rows + CSV", "align (fast)", "align (exact, as prepare)", "network (bundle)")
     costs = dict.fromkeys(names, 0.0)
-    options = {**default_landmarker_options("mediapipe"), "model_path": str(landmarker_model)}
+    options = {**default_landmarker_options("mediapipe", blendshapes=True), "model_path": str(landmarker_model)}
     every_frame = create_landmarker("mediapipe", **options)
     landmarker = create_landmarker("mediapipe", **options)
     keyframes = KeyframeLandmarks(landmarker, landmark_every, image_mode_twin(landmarker))
     confidence = SparseDetectorConfidence(landmarker_model, 8)
+    defaults = DefaultColumns(DEFAULT_COLUMN_GROUPS, landmarker)
     tracker = FaceTracker()
+    work = Path(tempfile.mkdtemp(prefix="bench_stages_"))
+    writer = CsvTableWriter(work / "t.csv", column_names(default))
 
     def timed(name, function, *arguments):
         clock = time.process_time()
@@ -99,17 +110,25 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
         costs[name] += time.process_time() - clock
         return value
 
-    def network_stages(chunk):
-        from video_fer.track.stages import FaceBatch
-
+    def later_stages(chunk):
+        found = [face for faces in chunk.faces for face in faces]
         ids = [i for index, faces in zip(chunk.frame_indices, chunk.faces)
                for i in timed("tracker", tracker.update, int(index), faces)]
         positions = np.array([p for p, faces in enumerate(chunk.faces) for _ in faces], np.int64)
-        landmarks = np.array([f.landmarks for faces in chunk.faces for f in faces], np.float32).reshape(-1, 68, 2)
+        landmarks = np.array([f.landmarks for f in found], np.float32).reshape(-1, 68, 2)
         batch = FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, positions, landmarks,
                           np.full(len(positions), 0.5, np.float32), np.asarray(ids, np.int64))
         timed("confidence (detector every 8th frame)", confidence, batch.frames, batch.positions, batch.face_ids,
               batch.landmarks)
+        height, width = batch.frames.shape[1:3]
+
+        def default_columns():
+            batch.meshes = stack_face_arrays(found, "native_landmarks", (478, 3))
+            batch.blendshapes = stack_face_arrays(found, "blendshapes", (52,))
+            batch.columns = defaults(batch.landmarks, batch.meshes, batch.blendshapes, width, height)
+
+        timed("default columns (pose, gaze, AUs, expression)", default_columns)
+        timed("rows + CSV", lambda: writer.write(batch_rows(default, batch, FacePredictions())))
         if not len(positions):
             return
         landmarks, positions = torch.from_numpy(landmarks), torch.from_numpy(positions)
@@ -118,8 +137,7 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
         timed("align (exact, as prepare)", align_in_regions, chunk.frames, landmarks, positions, bundle.alignment)
         images = crops.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            timed("network", bundle, images, crop_landmarks)
-        timed("head pose", estimate_head_pose, landmarks)
+            timed("network (bundle)", bundle, images, crop_landmarks)
 
     count = 0
     with VideoReader(clip) as reader:
@@ -133,12 +151,14 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
             chunk = timed(landmarks_name, keyframes.push, indices, timestamps, frames)
             count += len(indices)
             if chunk is not None:
-                network_stages(chunk)
+                later_stages(chunk)
         chunk = timed(landmarks_name, keyframes.finish)
         if chunk is not None:
-            network_stages(chunk)
+            later_stages(chunk)
     for closing in (keyframes, landmarker, every_frame, confidence):
         closing.close()
+    writer.close()
+    shutil.rmtree(work, ignore_errors=True)
     return {name: 1000.0 * value / count for name, value in costs.items()}
 
 
@@ -205,13 +225,12 @@ def keyframe_landmark_error(videos: list[Path], landmarker_model: Path, steps=(2
     return results
 
 
-def decode_only_fps(clip: Path, batch_size: int = 32) -> tuple[float, int]:
+def decode_only(clip: Path, batch_size: int = 32) -> int:
+    """What the decode-only process does: every frame through the reader ``track`` uses; returns the count."""
     from video_fer.video import VideoReader
 
-    started = time.perf_counter()
     with VideoReader(clip) as reader:
-        frames = sum(len(indices) for indices, _ in reader.iter_batches(batch_size))
-    return frames / (time.perf_counter() - started), frames
+        return sum(len(indices) for indices, _ in reader.iter_batches(batch_size))
 
 
 def build_bundle(directory: Path, args) -> None:
@@ -219,7 +238,7 @@ def build_bundle(directory: Path, args) -> None:
 
     bundle = random_bundle(image_size=args.image_size, width=args.width, embedding_dim=args.embedding_dim,
                            attention_streams=args.streams, stream_width=args.stream_width,
-                           expression_head=args.expression_head, va=True)
+                           expression_head=args.expression_head, va=True, default_columns=("pose", "gaze"))
     save_bundle(bundle, directory)
 
 
@@ -304,7 +323,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--runs", type=int, default=3, help="track runs per variant (median reported; 0 = none)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds (median reported; 0 = none)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="the learned bundle to time (default: a random-weight bundle of the sizes below)")
     parser.add_argument("--landmark-every", type=int, default=None,
                         help="track's --landmark-every (default: track's default)")
     parser.add_argument("--image-size", type=int, default=128)
@@ -314,8 +335,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stream-width", type=int, default=64)
     parser.add_argument("--expression-head", default="linear", choices=("linear", "acnn"))
     parser.add_argument("--variants", action="store_true",
-                        help="also time bfloat16, other --landmark-every, --no-pipeline, detector variants, "
-                             "--exact-alignment")
+                        help="also time the default with landmarks on every frame / every 3rd, no pipelining, the "
+                             "detector on every frame or none, and the bundle with bfloat16 and --exact-alignment")
     parser.add_argument("--long-repeats", type=int, nargs="*", default=[],
                         help="also track long clips: the shared videos (977 frames) concatenated N times, "
                              "one clip per N given (88 is about an hour at 24 fps)")
@@ -323,8 +344,12 @@ def main(argv=None) -> int:
     parser.add_argument("--landmark-error", action="store_true",
                         help="also measure the keyframe landmarks' error against MediaPipe on every frame "
                              "(all shared videos) and exit")
+    parser.add_argument("--decode-only", type=Path, default=None, help=argparse.SUPPRESS)  # the decode-only process
     args = parser.parse_args(argv)
 
+    if args.decode_only is not None:
+        print(f"decoded {decode_only(args.decode_only)} frames")
+        return 0
     if args.landmark_error:
         videos = sorted(DEFAULT_CLIP.parent.iterdir())
         print(f"keyframe landmarks vs every frame, {len(videos)} shared videos ({', '.join(v.name for v in videos)}):")
@@ -340,56 +365,69 @@ def main(argv=None) -> int:
 
 
 def run_benchmarks(args, work: Path) -> int:
-    bundle = work / "bundle"
-    build_bundle(bundle, args)
-    print(f"bundle: random weights, {args.image_size} px, width {args.width}, D {args.embedding_dim}, "
-          f"K {args.streams}x{args.stream_width}, heads: AU linear (12), expression {args.expression_head}, VA two-level")
-    load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
-
-    base = [sys.executable, "-m", "video_fer.cli", "track", "--model", str(bundle),
-            "--landmarker-model", str(args.landmarker_model), "--no-progress"]
     from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY
 
+    bundle = args.model
+    if bundle is None:
+        bundle = work / "bundle"
+        build_bundle(bundle, args)
+        print(f"bundle: random weights, {args.image_size} px, width {args.width}, D {args.embedding_dim}, "
+              f"K {args.streams}x{args.stream_width}, heads: AU linear (12), expression {args.expression_head}, "
+              "VA two-level; the default's pose and gaze")
+    else:
+        print(f"bundle: {bundle}")
     args.landmark_every = args.landmark_every or DEFAULT_LANDMARK_EVERY
-    base += ["--landmark-every", str(args.landmark_every)]
-    variants = {f"default (pipelined, landmarks every {args.landmark_every}. frame, detector confidence every 8th "
-                "frame)": []}
+    frames = decode_only(args.clip)
+    track = [sys.executable, "-m", "video_fer.cli", "track", str(args.clip), "--landmarker-model",
+             str(args.landmarker_model), "--no-progress", "--landmark-every", str(args.landmark_every)]
+    variants = {"decode-only": [sys.executable, str(Path(__file__).resolve()), "--decode-only", str(args.clip)],
+                f"default (mediapipe, landmarks every {args.landmark_every}. frame)": track,
+                "bundle": track + ["--model", str(bundle)]}
     if args.variants:
-        variants["--precision bfloat16"] = ["--precision", "bfloat16"]
-        variants["landmarks on every frame (--landmark-every 1)"] = ["--landmark-every", "1"]
-        variants["landmarks every 4th frame (--landmark-every 4)"] = ["--landmark-every", "4"]
-        variants["--no-pipeline"] = ["--no-pipeline"]
-        variants["detector on every frame (detector_scores=true)"] = ["--landmarker-option", "detector_scores=true"]
-        variants["no detector (--confidence-every 0: confidence 0.5)"] = ["--confidence-every", "0"]
-        variants["--exact-alignment"] = ["--exact-alignment"]
-
-    decode_fps, frames = decode_only_fps(args.clip)
-    print(f"clip: {args.clip.name}, {frames} frames; decode only (VideoReader.iter_batches, in process): {decode_fps:.0f} frames/s")
-    for name, extra in (variants.items() if args.runs > 0 else ()):
-        timings, peaks, cpu = [], [], []
-        for run in range(args.runs):
-            seconds, peak, code, cpu_seconds = run_process(base + [str(args.clip), "-o", str(work / f"out_{run}.csv")] + extra)
-            if code != 0:
-                print(f"{name}: track failed (exit {code})")
-                return 1
-            timings.append(seconds)
-            peaks.append(peak)
-            cpu.append(cpu_seconds)
-        wall = statistics.median(timings)
-        fps = frames / wall
-        print(f"track {name}: {wall:.2f} s end to end (median of {args.runs}: "
-              f"{', '.join(f'{t:.2f}' for t in timings)}) = {fps:.1f} frames/s; "
-              f"ratio to decode-only {fps / decode_fps:.3f}; peak RSS {max(peaks):.0f} MiB; "
-              f"CPU {statistics.median(cpu):.1f} s ({1000 * statistics.median(cpu) / frames:.1f} ms/frame)")
-    seconds, _, _, cpu_seconds = run_process(base + [str(args.clip), "-o", str(work / "startup.csv"), "--end", "1"])
-    load = os.getloadavg()
-    print(f"load average now {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
-    print(f"fixed cost (same command, one frame): {seconds:.2f} s wall, {cpu_seconds:.2f} s CPU "
-          "(interpreter, imports, bundle and MediaPipe loading)")
+        variants["default, landmarks on every frame"] = track + ["--landmark-every", "1"]
+        variants["default, landmarks every 3rd frame"] = track + ["--landmark-every", "3"]
+        variants["default, --no-pipeline"] = track + ["--no-pipeline"]
+        variants["default, detector on every frame"] = track + ["--landmarker-option", "detector_scores=true",
+                                                                "--confidence-every", "0"]
+        variants["default, no detector (confidence 0.5)"] = track + ["--confidence-every", "0"]
+        variants["bundle, --precision bfloat16"] = variants["bundle"] + ["--precision", "bfloat16"]
+        variants["bundle, --exact-alignment"] = variants["bundle"] + ["--exact-alignment"]
+    if args.rounds > 0:
+        load_before = os.getloadavg()
+        walls: dict[str, list[float]] = {name: [] for name in variants}
+        cpus: dict[str, list[float]] = {name: [] for name in variants}
+        peaks: dict[str, list[float]] = {name: [] for name in variants}
+        for round_ in range(args.rounds):
+            for name, command in variants.items():
+                extra = [] if name == "decode-only" else ["-o", str(work / f"out_{round_}.csv")]
+                seconds, peak, code, cpu_seconds = run_process(command + extra)
+                if code != 0:
+                    print(f"{name}: failed (exit {code})")
+                    return 1
+                walls[name].append(seconds)
+                cpus[name].append(cpu_seconds)
+                peaks[name].append(peak)
+        load_after = os.getloadavg()
+        print(f"clip: {args.clip.name}, {frames} frames; {os.cpu_count()} cores; load average before "
+              f"{load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f}, after {load_after[0]:.1f} / "
+              f"{load_after[1]:.1f} / {load_after[2]:.1f} (1/5/15 min); {args.rounds} paired rounds\n")
+        decode = walls["decode-only"]
+        default = walls[f"default (mediapipe, landmarks every {args.landmark_every}. frame)"]
+        print("| process | wall s (median) | / decode-only, median of rounds | per round | / default, median | "
+              "CPU s (median) | CPU ms/frame | peak RSS MiB |\n|---|---|---|---|---|---|---|---|")
+        for name in variants:
+            to_decode = [w / d for w, d in zip(walls[name], decode)]
+            to_default = [w / d for w, d in zip(walls[name], default)]
+            print(f"| {name} | {statistics.median(walls[name]):.2f} | {statistics.median(to_decode):.2f} | "
+                  f"{', '.join(f'{r:.2f}' for r in to_decode)} | {statistics.median(to_default):.2f} | "
+                  f"{statistics.median(cpus[name]):.2f} | {1000 * statistics.median(cpus[name]) / frames:.1f} | "
+                  f"{max(peaks[name]):.0f} |")
     if args.stages:
         costs = stage_costs(args.clip, args.landmarker_model, bundle, args.landmark_every)
-        print("CPU per frame, one thread, by stage: " + ", ".join(f"{k} {v:.2f} ms" for k, v in costs.items()))
+        print("\nCPU ms per frame, one thread, stages one after the other: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
+    base = [sys.executable, "-m", "video_fer.cli", "track", "--model", str(bundle), "--landmarker-model",
+            str(args.landmarker_model), "--no-progress", "--landmark-every", str(args.landmark_every)]
     for repeats in args.long_repeats:
         long_clip = work / "long.mp4"
         long_frames = write_long_clip(long_clip, repeats)

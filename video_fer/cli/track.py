@@ -13,11 +13,15 @@ from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY
 
 def add_track_command(subparsers) -> None:
     parser = subparsers.add_parser(
-        "track", help="clips -> per-frame AU / expression / valence-arousal / head-pose tables",
+        "track", help="clips -> per-frame AU / expression / head-pose / gaze (/ valence-arousal) tables",
         description="Track faces through clips and write one table per clip (a row per frame and face, "
-                    "success=0 rows for frames without a face). Inputs: files, folders, .txt lists.")
+                    "success=0 rows for frames without a face; OpenFace's column names and units) and its "
+                    "<table>.meta.json. Inputs: files, folders, .txt lists. Without --model: the no-training "
+                    "default (mediapipe).")
     parser.add_argument("inputs", nargs="+", metavar="CLIP", help="video files, folders or .txt lists of paths")
-    parser.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle directory (video-fer bundle)")
+    parser.add_argument("--model", default="mediapipe", metavar="BUNDLE",
+                        help="'mediapipe' (default: AUs from MediaPipe's blendshapes, prototype expression, head pose "
+                             "and gaze, no training) or a model bundle directory (video-fer bundle)")
     parser.add_argument("-o", "--out", metavar="OUT",
                         help="output folder (default ./processed), or the table's file name for a single clip")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (parquet needs pyarrow)")
@@ -49,6 +53,7 @@ def add_track_command(subparsers) -> None:
                         help="crop exactly as `prepare` does (full-resolution anti-aliasing; slower at 128 px)")
     parser.add_argument("--no-pipeline", action="store_true", help="landmarks and network in one thread")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="keep MediaPipe's, absl's and TFLite's log lines")
     parser.set_defaults(handler=run_track)
 
 
@@ -56,6 +61,7 @@ def run_track(args: argparse.Namespace) -> int:
     import atexit
     import gc
 
+    from video_fer.faces.native_logs import NativeLogFilter
     from video_fer.runtime import long_lived_allocations
 
     with long_lived_allocations():  # torch's import makes ~1M objects that live to the end
@@ -76,9 +82,10 @@ def run_track(args: argparse.Namespace) -> int:
                              landmarker_options=options, pipelined=not args.no_pipeline,
                              exact_alignment=args.exact_alignment, confidence_every=args.confidence_every,
                              landmark_every=args.landmark_every, precision=args.precision)
-    summary = track_files(args.inputs, args.model, out=args.out, fmt=args.format, plot=args.plot,
-                          video_out=args.video_out, settings=settings, progress=not args.no_progress,
-                          report=lambda line: print(line, flush=True))
+    with NativeLogFilter(enabled=not args.verbose):  # MediaPipe's native log lines, unless --verbose
+        summary = track_files(args.inputs, args.model, out=args.out, fmt=args.format, plot=args.plot,
+                              video_out=args.video_out, settings=settings, progress=not args.no_progress,
+                              report=lambda line: print(line, flush=True))
     done = len(summary.outputs)
     print(f"{done} clip(s) tracked, {len(summary.failures)} failed")
     for path, message in summary.failures:
@@ -88,24 +95,43 @@ def run_track(args: argparse.Namespace) -> int:
 
 def add_bundle_command(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bundle", help="encoder export + head checkpoints -> one model bundle for `track`",
-        description="Assemble a model bundle (bundle.json + model.safetensors) from an encoder export "
-                    "(save_model directory) and the head checkpoints of the fine-tuning recipes. "
-                    "Give any subset of heads; a missing one omits its columns.")
-    parser.add_argument("--encoder", required=True, metavar="DIR", help="encoder export (e.g. runs/x/encoder)")
-    parser.add_argument("--au", metavar="DIR", help="AU presence head checkpoint")
-    parser.add_argument("--au-intensity", metavar="DIR", help="AU intensity head checkpoint")
-    parser.add_argument("--expression", metavar="DIR", help="expression head checkpoint")
-    parser.add_argument("--va", metavar="DIR", help="valence/arousal head checkpoint")
+        "bundle", help="what the recipes wrote -> one model bundle for `track`",
+        description="Assemble a model bundle (bundle.json + model.safetensors) from what the recipes write: an "
+                    "encoder export (pretrain_video's encoder/), finetune_au's output folder (its best fold) or a "
+                    "fold's model/, the output folders (or model/) of finetune_expression and finetune_va, or head "
+                    "checkpoints. Give any subset of heads; the table omits the columns of a missing one. The "
+                    "no-training default's column groups (--default-columns) fill in what no head gives.")
+    parser.add_argument("--encoder", metavar="DIR",
+                        help="encoder export (e.g. runs/pretrain_tae/encoder); default: the first head's own encoder")
+    parser.add_argument("--au", metavar="DIR", help="AU presence: finetune_au output (occurrence) or a head checkpoint")
+    parser.add_argument("--au-intensity", metavar="DIR",
+                        help="AU intensity: finetune_au output (train.task=intensity) or a head checkpoint")
+    parser.add_argument("--expression", metavar="DIR", help="finetune_expression output or its model/, or a head")
+    parser.add_argument("--va", metavar="DIR", help="finetune_va output or its model/, or a head checkpoint")
+    parser.add_argument("--default-columns", type=column_groups, default=("pose", "gaze"), metavar="GROUPS",
+                        help="comma-separated column groups of the no-training default to add: pose, gaze, au, "
+                             "expression, or none (default: pose,gaze; a group a head gives is an error)")
     parser.add_argument("--alignment", metavar="JSON",
                         help="AlignmentSpec JSON to record when the encoder export has none")
     parser.add_argument("-o", "--out", required=True, metavar="BUNDLE", help="bundle directory to write")
     parser.set_defaults(handler=run_bundle)
 
 
+def column_groups(text: str) -> tuple[str, ...]:
+    """``"pose,gaze"`` -> ``("pose", "gaze")``; ``"none"`` -> ``()``."""
+    groups = tuple(part.strip() for part in text.split(",") if part.strip())
+    if groups == ("none",):
+        return ()
+    unknown = [group for group in groups if group not in ("pose", "gaze", "au", "expression")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown column group(s) {', '.join(unknown)}; choose from pose, gaze, au, "
+                                         "expression, or none")
+    return groups
+
+
 def run_bundle(args: argparse.Namespace) -> int:
-    from video_fer.track.bundle import assemble_bundle
     from video_fer.errors import ConfigError
+    from video_fer.track.assemble import assemble_bundle
 
     alignment = None
     if args.alignment:
@@ -113,9 +139,11 @@ def run_bundle(args: argparse.Namespace) -> int:
             alignment = json.loads(Path(args.alignment).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ConfigError(f"{args.alignment}: cannot read the alignment JSON ({error})") from error
-    bundle = assemble_bundle(args.encoder, args.out, {"au": args.au, "au_intensity": args.au_intensity,
-                                                       "expression": args.expression, "va": args.va}, alignment)
-    print(f"{args.out}: bundle with heads {', '.join(bundle.specs)}; crops {bundle.image_size} px")
+    bundle = assemble_bundle(args.out, {"au": args.au, "au_intensity": args.au_intensity,
+                                        "expression": args.expression, "va": args.va},
+                             encoder=args.encoder, alignment=alignment, default_columns=args.default_columns)
+    sources = ", ".join(f"{group}: {source}" for group, source in bundle.column_sources().items())
+    print(f"{args.out}: bundle with heads {', '.join(bundle.specs)}; crops {bundle.image_size} px; columns {sources}")
     return 0
 
 

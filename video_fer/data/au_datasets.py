@@ -9,6 +9,9 @@ video, AU occurrence with -1 = not coded, optional intensity with NaN = not code
 * DISFA: ``ActionUnit_Labels/SN001/SN001_au1.txt`` (lines ``frame,intensity``, 0-5,
   frames from 1) and ``Videos_LeftCamera/LeftVideoSN001_comp.avi``.
 * Generic CSV for users' data: ``path, subject, [task], [frame], AU01, AU02, ...``.
+* Blendshape AUs (distillation, no human labels): every frame of a face-track cache whose
+  MediaPipe blendshapes are stored, labelled by the blendshape table
+  (:mod:`video_fer.faces.blendshape_aus`): :func:`read_blendshape_aus`.
 
 Malformed label files raise :class:`~video_fer.errors.LabelFileError` naming the file
 and line. Frames are taken from the videos and aligned by ``video-fer prepare``;
@@ -33,7 +36,7 @@ from video_fer.errors import CacheError, LabelFileError, VideoReadError
 
 __all__ = [
     "AUFrame", "AUFrameTable", "read_bp4d_label_file", "read_bp4d", "read_disfa_label_file", "read_disfa",
-    "read_au_csv", "FaceCacheJoin", "match_frames_to_tracks", "join_with_face_cache",
+    "read_au_csv", "read_blendshape_aus", "FaceCacheJoin", "match_frames_to_tracks", "join_with_face_cache",
 ]
 
 BP4D_NOT_CODED = 9  # BP4D's code for "this AU was not coded in this frame"
@@ -516,6 +519,56 @@ def read_au_csv(path: str | os.PathLike, root: str | os.PathLike | None = None, 
     subjects = np.array([cells[column["subject"]] for _, cells in body], dtype=str)
     return AUFrameTable(au_numbers, subjects, tasks, frames.copy(), sources, frames, occurrence,
                         values.astype(np.float32))
+
+
+def read_blendshape_aus(cache, aus: Sequence[int] | None = None,
+                        presence_intensity: float | None = None) -> AUFrameTable:
+    """Labels for distillation: every cached frame's AUs from its MediaPipe blendshapes (no human labels).
+
+    Each track's per-frame ``blendshapes`` (stored by ``video-fer prepare`` with MediaPipe) go through the
+    blendshape table; subject = the track's identity, task = its video key, source = its video.
+
+    Args:
+        cache: a :class:`~video_fer.data.cache.FaceTrackCache`.
+        aus: AU numbers to keep (default: the table's 17 intensity AUs).
+        presence_intensity: occurrence = intensity >= this (default: the table's presence threshold, 1).
+
+    Returns:
+        an :class:`AUFrameTable` with ``intensity`` (0-5; NaN where a frame has no blendshapes) and ``occurrence``.
+
+    Raises:
+        CacheError: the cache stores no blendshapes (prepared with another landmarker).
+    """
+    from video_fer.faces.blendshape_aus import INTENSITY_AUS, PRESENCE_INTENSITY, blendshape_aus
+
+    aus = tuple(INTENSITY_AUS if aus is None else aus)
+    unknown = [au for au in aus if au not in INTENSITY_AUS]
+    if unknown:
+        raise LabelFileError(f"blendshape AUs: the table gives no intensity for AU {unknown}; choose from "
+                             f"{list(INTENSITY_AUS)}")
+    threshold = PRESENCE_INTENSITY if presence_intensity is None else presence_intensity
+    columns: dict[str, list] = {"subjects": [], "tasks": [], "sources": [], "frames": [], "intensity": []}
+    without = []
+    for track in cache.tracks:
+        arrays = cache.track_arrays(track.track_id)
+        if "blendshapes" not in arrays:
+            without.append(track.track_id)
+            continue
+        values = blendshape_aus(arrays["blendshapes"])
+        frames = np.asarray(arrays["frame_indices"], np.int64)
+        columns["subjects"].append(np.full(len(frames), track.identity))
+        columns["tasks"].append(np.full(len(frames), track.video_key))
+        columns["sources"].append(np.full(len(frames), track.source))
+        columns["frames"].append(frames)
+        columns["intensity"].append(np.stack([values[f"AU{au:02d}_r"] for au in aus], 1))
+    if not columns["frames"]:
+        raise CacheError(f"{getattr(cache, 'root', cache)}: no track stores MediaPipe blendshapes ({len(without)} "
+                         "tracks without); prepare the videos with --landmarker mediapipe")
+    intensity = np.concatenate(columns["intensity"]).astype(np.float32)
+    occurrence = np.where(np.isnan(intensity), NOT_CODED, intensity >= threshold).astype(np.int8)
+    frames = np.concatenate(columns["frames"])
+    return AUFrameTable(aus, np.concatenate(columns["subjects"]).astype(str), np.concatenate(columns["tasks"]).astype(str),
+                        frames, np.concatenate(columns["sources"]).astype(str), frames, occurrence, intensity)
 
 
 def _check_unique_sources(path: Path, sources: np.ndarray, frames: np.ndarray, lines: np.ndarray) -> None:

@@ -1,10 +1,10 @@
-"""Model bundles: one directory holding everything ``video-fer track`` needs.
+"""Model bundles: one directory holding everything ``video-fer track`` needs, and the no-training default.
 
 Layout::
 
     bundle/
-      bundle.json        format, encoder architecture + config, alignment, heads (kind, options, names)
-      model.safetensors  "encoder.*" and "heads.<task>.*" weights
+      bundle.json        format, encoder(s), alignment, heads, the default's column groups, the columns' sources
+      model.safetensors  "encoder.*", "extra_encoders.<task>.*" and "heads.<task>.*" weights
 
 Tasks (each optional, a missing one simply omits its columns):
 
@@ -13,12 +13,23 @@ Tasks (each optional, a missing one simply omits its columns):
 - ``expression``: class logits -> softmax -> ``expression_<label>`` and the argmax ``expression``;
 - ``va``: valence/arousal in [-1, 1] (``HeadOutput.valence_arousal``) -> ``valence``, ``arousal``.
 
-Head checkpoints (what the fine-tuning recipes write, input of ``video-fer bundle``) are
-directories with ``config.json`` ``{"kind": "video_fer.head", "task": ..., "head": <create_head
-name>, "options": {...}, "names": [...], "alignment": {...} | null}`` and ``model.safetensors``:
-:func:`save_head` writes one, :func:`load_head` reads it. The encoder comes from a
-:func:`video_fer.models.checkpoint.save_model` export (``recipes/pretrain_video.py`` writes
-``encoder/``), whose ``extra.alignment`` is the face alignment it was trained with.
+Column groups of the no-training default (``default_columns``, :data:`DEFAULT_COLUMN_GROUPS`,
+computed by :mod:`video_fer.track.default_columns` from the landmarker's outputs, no network):
+``pose`` (``pose_T*``, ``pose_R*``), ``gaze``, ``au`` (the blendshape table) and ``expression``
+(AU prototypes). The default itself, :func:`mediapipe_bundle` (``--model mediapipe``), is a
+bundle with all four groups and no network; a learned bundle combines its heads with any groups
+whose columns no head gives (``video-fer bundle --default-columns pose,gaze``); ``bundle.json``
+says which source each group comes from (``columns``). A bundle written before the groups existed
+has ``pose``.
+
+Each head reads the features of one encoder (``HeadSpec.encoder``): the bundle's ``encoder`` or,
+for a head fine-tuned with its own encoder (the ``model/`` of ``finetune_expression``), that one
+(``extra_encoders[<task>]``); an encoder equal to another is stored and run once.
+
+Head checkpoints (:func:`save_head` / :func:`load_head`) are directories with ``config.json``
+``{"kind": "video_fer.head", "task": ..., "head": <create_head name>, "options": {...}, "names": [...],
+"alignment": {...} | null}`` and ``model.safetensors``. The recipes' own outputs (encoder exports,
+``finetune_au`` folds and runs, task models) are read by :mod:`video_fer.track.assemble`.
 """
 from __future__ import annotations
 
@@ -47,6 +58,18 @@ WEIGHTS_FILE = "model.safetensors"
 HEAD_CONFIG_FILE = "config.json"
 TASKS = ("au", "au_intensity", "expression", "va")
 AU_INTENSITY_MAX = 5.0  # FACS intensity scale A..E as 1..5 (DISFA, BP4D intensity)
+MEDIAPIPE = "mediapipe"  # the name of the no-training default (--model mediapipe)
+DEFAULT_COLUMN_GROUPS = ("pose", "gaze", "au", "expression")  # what the default computes without a network
+DEFAULT_SOURCES = {  # what each default group is computed from (bundle.json "columns", the table's metadata)
+    "pose": "mediapipe (no training): rigid fit to the face mesh (68 landmarks for other landmarkers)",
+    "gaze": "mediapipe (no training): iris landmarks in an eyeball model",
+    "au": "mediapipe (no training): blendshapes through the AU table",
+    "expression": "mediapipe (no training): prototype-based, EMFACS AU prototypes on the blendshape AUs",
+}
+LEGACY_DEFAULT_COLUMNS = ("pose",)  # bundles written before the groups existed had head pose only
+MAIN_ENCODER = "encoder"
+# which default group the columns of a learned head would clash with
+TASK_GROUP = {"au": "au", "au_intensity": "au", "expression": "expression", "va": "va"}
 
 
 @dataclass
@@ -58,12 +81,18 @@ class HeadSpec:
         head: :func:`video_fer.models.heads.create_head` name (``linear``, ``acnn``, ``two_level_va`` ...).
         options: JSON keyword arguments of the head's constructor.
         names: AU numbers (``au``, ``au_intensity``) or expression labels (``expression``); empty for ``va``.
+        encoder: whose features the head reads: ``"encoder"`` (the bundle's), a key of the bundle's
+            ``extra_encoders``, or None (a head that encodes the images itself: RAN, prior attention).
+        model: for a head taken from a recipe's task model, that model's ``{"architecture", "config"}``
+            (the head is rebuilt as the model's ``.head``); None for a plain head checkpoint.
     """
 
     task: str
     head: str
     options: dict[str, Any] = field(default_factory=dict)
     names: list = field(default_factory=list)
+    encoder: str | None = MAIN_ENCODER
+    model: dict | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -74,13 +103,35 @@ class HeadSpec:
             self.names = [str(name) for name in self.names]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "head": self.head, "options": dict(self.options), "names": list(self.names)}
+        document = {"task": self.task, "head": self.head, "options": dict(self.options), "names": list(self.names),
+                    "encoder": self.encoder}
+        if self.model is not None:
+            document["model"] = dict(self.model)
+        return document
+
+    @classmethod
+    def from_dict(cls, task: str, document: Mapping[str, Any]) -> "HeadSpec":
+        """Read :meth:`to_dict`'s document (older ones lack ``encoder`` and ``model``)."""
+        return cls(task, document["head"], document.get("options", {}), document.get("names", []),
+                   document.get("encoder", MAIN_ENCODER), document.get("model"))
+
+
+def build_task_model(spec: HeadSpec, where: str | os.PathLike = "head") -> nn.Module:
+    """The (untrained) task model a head comes from (``spec.model``); its ``.head`` and ``.encoder`` are the parts."""
+    from video_fer.models.registry import build_architecture
+
+    try:
+        return build_architecture(spec.model["architecture"], spec.model["config"], f"{where} ({spec.task} model)")
+    except KeyError as error:
+        raise CheckpointError(f"{where}: the {spec.task} head's model has no {error}; build the bundle again") from None
 
 
 def build_head(spec: HeadSpec, where: str | os.PathLike = "head") -> nn.Module:
     """Construct the (untrained) head a :class:`HeadSpec` describes; CheckpointError if the options don't fit."""
     from video_fer.models.heads import create_head
 
+    if spec.model is not None:
+        return build_task_model(spec, where).head
     try:
         return create_head(spec.head, **spec.options)
     except (TypeError, ValueError) as error:
@@ -142,7 +193,7 @@ def load_head(directory: str | os.PathLike) -> tuple[nn.Module, HeadSpec, dict |
         raise CheckpointError(f"{directory}: not a head checkpoint (config.json has kind={document.get('kind')!r}, "
                               f"architecture={document.get('architecture')!r}); give the folder written by save_head")
     try:
-        spec = HeadSpec(document["task"], document["head"], document.get("options", {}), document.get("names", []))
+        spec = HeadSpec.from_dict(document["task"], document)
     except KeyError as error:
         raise CheckpointError(f"{directory}/{HEAD_CONFIG_FILE}: missing key {error}; write the head again") from None
     head = build_head(spec, directory)
@@ -169,37 +220,66 @@ class BundleOutput:
 
 
 class ModelBundle(nn.Module):
-    """Encoder + heads + the alignment they were trained with; ``forward`` gives every head's output.
+    """Encoder(s) + heads + the alignment they were trained with, and the default's column groups.
+
+    ``forward`` gives every head's output; a bundle without heads (the no-training default) has no
+    network at all and is never called.
 
     Args:
         encoder: a :class:`~video_fer.models.tae.FaceActionEncoder` (any registered architecture
-            with ``forward_features`` and ``config.image_size``).
+            with ``forward_features`` and ``config.image_size``), or None (no head reads it).
         heads: task -> ``(module, HeadSpec)``.
-        alignment: the :class:`~video_fer.faces.alignment.AlignmentSpec` of the training crops;
-            its size must equal the encoder's image size.
+        alignment: the :class:`~video_fer.faces.alignment.AlignmentSpec` of the training crops (None
+            without heads); its size must equal every encoder's image size.
+        default_columns: groups of :data:`DEFAULT_COLUMN_GROUPS` computed without a network
+            (:mod:`video_fer.track.default_columns`); none may give columns a head gives.
+        extra_encoders: name -> encoder, for heads fine-tuned with an encoder of their own.
     """
 
-    def __init__(self, encoder: nn.Module, heads: Mapping[str, tuple[nn.Module, HeadSpec]], alignment) -> None:
+    def __init__(self, encoder: nn.Module | None, heads: Mapping[str, tuple[nn.Module, HeadSpec]], alignment,
+                 default_columns: Sequence[str] = LEGACY_DEFAULT_COLUMNS,
+                 extra_encoders: Mapping[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
+        self.extra_encoders = nn.ModuleDict(dict(extra_encoders or {}))
         self.heads = nn.ModuleDict({task: module for task, (module, _) in heads.items()})
         self.specs = {task: spec for task, (_, spec) in heads.items()}
         self.alignment = alignment
-        check_encoder_crops(alignment, int(getattr(encoder.config, "image_size", alignment.size)), "alignment")
+        self.default_columns = check_default_columns(default_columns, self.specs)
+        if self.specs and alignment is None:
+            raise CheckpointError("a bundle with heads needs the alignment of the crops they were trained on")
+        encoders = {MAIN_ENCODER: encoder, **dict(self.extra_encoders)}
+        for name, module in encoders.items():
+            if module is not None:
+                check_encoder_crops(alignment, int(getattr(module.config, "image_size", alignment.size)), name)
         for task, spec in self.specs.items():
             if task != spec.task:
                 raise CheckpointError(f"heads[{task!r}]: its spec says task {spec.task!r}")
+            if spec.encoder is not None and encoders.get(spec.encoder) is None:
+                raise CheckpointError(f"the {task} head reads encoder {spec.encoder!r}, which the bundle lacks")
 
     @property
-    def image_size(self) -> int:
-        return self.alignment.size
+    def image_size(self) -> int | None:
+        return None if self.alignment is None else self.alignment.size
+
+    @property
+    def has_network(self) -> bool:
+        """False for the no-training default (no head: nothing to align or run)."""
+        return bool(self.specs)
 
     def forward(self, crops: torch.Tensor, landmarks: torch.Tensor | None = None) -> BundleOutput:
         """``crops (B, 3, S, S)`` aligned faces in [0, 1], ``landmarks (B, 68, 2)`` in crop pixels -> :class:`BundleOutput`."""
-        features = self.encoder.forward_features(crops)
+        features: dict[str, Any] = {}
+
+        def features_of(name: str | None):
+            if name is not None and name not in features:  # each encoder runs once per batch
+                encoder = self.encoder if name == MAIN_ENCODER else self.extra_encoders[name]
+                features[name] = encoder.forward_features(crops)
+            return features.get(name)
+
         output = BundleOutput()
         for task, head in self.heads.items():
-            result = head(features, images=crops, landmarks=landmarks)
+            result = head(features_of(self.specs[task].encoder), images=crops, landmarks=landmarks)
             if task == "au":
                 output.au_presence = torch.sigmoid(result.logits)
             elif task == "au_intensity":
@@ -211,13 +291,44 @@ class ModelBundle(nn.Module):
                 output.valence_arousal = result.valence_arousal.clamp(-1.0, 1.0)
         return output
 
+    def column_sources(self) -> dict[str, str]:
+        """Column group -> where its values come from (``bundle.json`` ``columns`` and the table's metadata)."""
+        sources = {group: DEFAULT_SOURCES[group] for group in self.default_columns}
+        names = {"au": "au_c", "au_intensity": "au_r", "expression": "expression", "va": "va"}
+        for task, spec in self.specs.items():
+            sources[names[task]] = f"learned: {task} head ({spec.head}" + (
+                f", {spec.model['architecture']})" if spec.model else ")")
+        return sources
+
     def describe(self) -> dict[str, Any]:
         """The ``bundle.json`` document."""
+        def architecture(module):
+            return {"architecture": type(module).architecture_name, "config": config_dict(module)}
+
         return {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, "video_fer_version": __version__,
-                "encoder": {"architecture": type(self.encoder).architecture_name,
-                            "config": config_dict(self.encoder)},
-                "alignment": self.alignment.to_dict(),
-                "heads": {task: spec.to_dict() for task, spec in self.specs.items()}}
+                "encoder": None if self.encoder is None else architecture(self.encoder),
+                "extra_encoders": {name: architecture(module) for name, module in self.extra_encoders.items()},
+                "alignment": None if self.alignment is None else self.alignment.to_dict(),
+                "heads": {task: spec.to_dict() for task, spec in self.specs.items()},
+                "default_columns": list(self.default_columns), "columns": self.column_sources()}
+
+
+def check_default_columns(groups: Sequence[str], specs: Mapping[str, HeadSpec]) -> tuple[str, ...]:
+    """The default's column groups in canonical order; CheckpointError for an unknown group or one a head gives."""
+    groups = tuple(groups)
+    unknown = [group for group in groups if group not in DEFAULT_COLUMN_GROUPS]
+    if unknown:
+        raise CheckpointError(f"default columns {unknown}: unknown; choose from {', '.join(DEFAULT_COLUMN_GROUPS)}")
+    clashes = [task for task in specs if TASK_GROUP[task] in groups]
+    if clashes:
+        raise CheckpointError(f"default columns {', '.join(TASK_GROUP[t] for t in clashes)} would give the columns of "
+                              f"the learned {', '.join(clashes)} head; leave them out of the default columns")
+    return tuple(group for group in DEFAULT_COLUMN_GROUPS if group in groups)
+
+
+def mediapipe_bundle() -> ModelBundle:
+    """The no-training default (``--model mediapipe``): every default column group, no network."""
+    return ModelBundle(None, {}, None, default_columns=DEFAULT_COLUMN_GROUPS).eval()
 
 
 def fuse_batch_norms(module: nn.Module) -> int:
@@ -248,6 +359,8 @@ def fuse_batch_norms(module: nn.Module) -> int:
 
 def check_heads_run(bundle: ModelBundle, where: str) -> None:
     """One forward pass on two blank faces: a head whose options do not fit the encoder fails here, not mid-clip."""
+    if not bundle.has_network:
+        return
     size = bundle.image_size
     crops = torch.full((2, 3, size, size), 0.5)
     landmarks = torch.from_numpy(CANONICAL_LANDMARKS_68 * size - 0.5).expand(2, 68, 2).contiguous()
@@ -277,8 +390,26 @@ def save_bundle(bundle: ModelBundle, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def default_columns_of(model) -> tuple[str, ...]:
+    """The default's column groups of ``"mediapipe"``, a :class:`ModelBundle` or a bundle directory, read without
+    building the network (``track`` configures the landmarker from it while the bundle loads)."""
+    if isinstance(model, ModelBundle):
+        return model.default_columns
+    if isinstance(model, str) and model == MEDIAPIPE:
+        return DEFAULT_COLUMN_GROUPS
+    path = Path(model)
+    document = _read_json((path.parent if path.is_file() else path) / BUNDLE_FILE,
+                          "build a bundle with `video-fer bundle`, or use --model mediapipe")
+    return tuple(document.get("default_columns", LEGACY_DEFAULT_COLUMNS))
+
+
 def load_bundle(directory: str | os.PathLike, map_location: str = "cpu") -> ModelBundle:
-    """Rebuild a bundle written by :func:`save_bundle`; eval mode. Any mismatch is a CheckpointError."""
+    """Rebuild a bundle written by :func:`save_bundle`; eval mode. Any mismatch is a CheckpointError.
+
+    ``"mediapipe"`` gives the no-training default (:func:`mediapipe_bundle`); a folder of that name is ``./mediapipe``.
+    """
+    if isinstance(directory, str) and directory == MEDIAPIPE:
+        return mediapipe_bundle()
     # imported here, not at the top: `track` loads the models while MediaPipe starts in a thread
     from video_fer.models.checkpoint import CONFIG_FILE, build_architecture, read_weights
 
@@ -297,73 +428,33 @@ def load_bundle(directory: str | os.PathLike, map_location: str = "cpu") -> Mode
         raise CheckpointError(f"{directory}/{BUNDLE_FILE}: format_version {document.get('format_version')} is not "
                               f"{FORMAT_VERSION}; use the video_fer version that wrote it "
                               f"({document.get('video_fer_version', 'unknown')})")
+    where = f"{directory}/{BUNDLE_FILE}"
     try:
         encoder_doc, heads_doc, alignment_doc = document["encoder"], document["heads"], document["alignment"]
-        encoder = build_architecture(encoder_doc["architecture"], encoder_doc["config"], f"{directory}/{BUNDLE_FILE}")
-        heads = {}
-        for task, head_doc in heads_doc.items():
-            spec = HeadSpec(task, head_doc["head"], head_doc.get("options", {}), head_doc.get("names", []))
-            heads[task] = (build_head(spec, directory), spec)
-        alignment = AlignmentSpec.from_dict(alignment_doc)
+        encoder = None if encoder_doc is None else build_architecture(encoder_doc["architecture"],
+                                                                      encoder_doc["config"], where)
+        extra_encoders = {name: build_architecture(doc["architecture"], doc["config"], where)
+                          for name, doc in document.get("extra_encoders", {}).items()}
+        heads = {task: (build_head(spec, directory), spec)
+                 for task, spec in ((task, HeadSpec.from_dict(task, doc)) for task, doc in heads_doc.items())}
+        alignment = None if alignment_doc is None else AlignmentSpec.from_dict(alignment_doc)
+        default_columns = document.get("default_columns", LEGACY_DEFAULT_COLUMNS)
     except KeyError as error:
-        raise CheckpointError(f"{directory}/{BUNDLE_FILE}: missing key {error}; build the bundle again") from None
+        raise CheckpointError(f"{where}: missing key {error}; build the bundle again") from None
     except Exception as error:
         if isinstance(error, CheckpointError):
             raise
-        raise CheckpointError(f"{directory}/{BUNDLE_FILE}: {error}; build the bundle again") from error
-    bundle = ModelBundle(encoder, heads, alignment)
+        raise CheckpointError(f"{where}: {error}; build the bundle again") from error
+    bundle = ModelBundle(encoder, heads, alignment, default_columns, extra_encoders)
     _load_strict(bundle, read_weights(directory / WEIGHTS_FILE), str(directory))
     return bundle.to(map_location).eval()
-
-
-def assemble_bundle(encoder_dir: str | os.PathLike, out: str | os.PathLike,
-                    heads: Mapping[str, str | os.PathLike | None], alignment: Mapping[str, Any] | None = None
-                    ) -> ModelBundle:
-    """``video-fer bundle``: an encoder export + head checkpoints -> a bundle in ``out``.
-
-    Args:
-        encoder_dir: a :func:`~video_fer.models.checkpoint.save_model` directory (its ``extra.alignment``
-            is the alignment unless ``alignment`` is given).
-        heads: task -> head checkpoint directory (None entries are skipped).
-        alignment: ``AlignmentSpec.to_dict()`` to record instead (e.g. an old export without one).
-
-    Raises:
-        CheckpointError: unreadable inputs, a head in the wrong task slot, alignments that
-            differ between the encoder and a head, or heads that do not run on the encoder.
-    """
-    from video_fer.models.checkpoint import load_encoder
-
-    encoder_dir = Path(encoder_dir)
-    export = load_encoder(encoder_dir)
-    encoder = export.encoder
-    if alignment is None and export.alignment is None:
-        raise CheckpointError(f"{encoder_dir}: the export records no alignment (config.json extra.alignment); "
-                              "pass --alignment ALIGNMENT.json (AlignmentSpec.to_dict())")
-    spec = AlignmentSpec.from_dict(alignment) if alignment is not None else export.alignment
-    loaded = {}
-    for task, head_dir in heads.items():
-        if head_dir is None:
-            continue
-        module, head_spec, head_alignment = load_head(head_dir)
-        if head_spec.task != task:
-            raise CheckpointError(f"{head_dir}: a {head_spec.task!r} head given as the {task!r} head; "
-                                  f"pass it with --{head_spec.task.replace('_', '-')}")
-        if head_alignment is not None and AlignmentSpec.from_dict(head_alignment) != spec:
-            raise CheckpointError(f"{head_dir}: trained on crops aligned differently from the encoder's "
-                                  f"({head_alignment} vs {spec.to_dict()}); retrain the head on the encoder's crops")
-        loaded[task] = (module, head_spec)
-    if not loaded:
-        raise CheckpointError("video-fer bundle: no head given; pass at least one of --au, --au-intensity, "
-                          "--expression, --va")
-    bundle = ModelBundle(encoder, loaded, spec)
-    save_bundle(bundle, out)
-    return bundle.eval()
 
 
 def random_bundle(image_size: int = 128, width: int = 32, embedding_dim: int = 256, attention_streams: int = 8,
                   stream_width: int = 64, aus: Sequence[int] = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24),
                   intensity_aus: Sequence[int] = (), expression_head: str | None = "linear",
-                  expressions: Sequence[str] = RAFDB_EXPRESSIONS, va: bool = True, seed: int = 0) -> ModelBundle:
+                  expressions: Sequence[str] = RAFDB_EXPRESSIONS, va: bool = True, seed: int = 0,
+                  default_columns: Sequence[str] = LEGACY_DEFAULT_COLUMNS) -> ModelBundle:
     """A bundle with randomly initialised weights, for tests and speed benchmarks (its outputs mean nothing).
 
     The AU head is the papers' linear probe; ``expression_head`` any :func:`create_head` name
@@ -396,7 +487,7 @@ def random_bundle(image_size: int = 128, width: int = 32, embedding_dim: int = 2
         specs.append(HeadSpec("va", "two_level_va", {"strides": list(strides), "channels": [channels[s] for s in strides],
                                                      "image_size": image_size}))
     heads = {spec.task: (build_head(spec), spec) for spec in specs}
-    bundle = ModelBundle(encoder, heads, AlignmentSpec(size=image_size))
+    bundle = ModelBundle(encoder, heads, AlignmentSpec(size=image_size), default_columns)
     for module in bundle.modules():  # random BatchNorm statistics so the heads' outputs vary between faces
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             module.running_var.uniform_(0.5, 2.0)
@@ -404,5 +495,6 @@ def random_bundle(image_size: int = 128, width: int = 32, embedding_dim: int = 2
     return bundle.eval()
 
 
-__all__ = ["BundleOutput", "HeadSpec", "ModelBundle", "TASKS", "assemble_bundle",
-           "fuse_batch_norms", "load_bundle", "load_head", "random_bundle", "save_bundle", "save_head"]
+__all__ = ["BundleOutput", "DEFAULT_COLUMN_GROUPS", "HeadSpec", "MEDIAPIPE", "ModelBundle", "TASKS", "build_head",
+           "build_task_model", "check_default_columns", "default_columns_of", "fuse_batch_norms", "load_bundle", "load_head",
+           "mediapipe_bundle", "random_bundle", "save_bundle", "save_head"]

@@ -1,9 +1,10 @@
 """Pictures of a track table: ``--plot`` (PNG over time) and ``--video-out`` (annotated mp4).
 
-- :func:`plot_tracks`: for the face seen in most frames, an AU presence heat map (AUs x time),
-  the expression probabilities and the valence/arousal curves, one panel per head the bundle has.
+- :func:`plot_tracks`: for the face seen in most frames, an AU heat map (AUs x time: intensities
+  ``_r`` when the table has them, else presences ``_c``), the expression probabilities, the
+  valence/arousal curves and head pose / gaze angles, one panel per kind of column the table has.
 - :class:`VideoAnnotator`: the processed frames with each face's 68 landmarks, its id, the
-  three most present AUs and the top expression, encoded with PyAV (libx264, yuv420p).
+  three strongest AUs and the top expression, encoded with PyAV (libx264, yuv420p).
 """
 from __future__ import annotations
 
@@ -15,10 +16,18 @@ import numpy as np
 
 from video_fer.errors import VideoFerError
 from video_fer.io import atomic_path
-from video_fer.track.table import au_columns, expression_columns
+from video_fer.track.table import column_names
 
 TOP_AUS_SHOWN = 3
 _FACE_COLOURS = ((0, 220, 0), (255, 170, 0), (0, 170, 255), (255, 0, 200))
+
+
+def au_display_columns(columns) -> tuple[list[str], float]:
+    """The AU columns a picture shows and their top value: intensities ``AUxx_r`` (0-5) if any, else presences."""
+    intensity = [name for name in columns if name.startswith("AU") and name.endswith("_r")]
+    if intensity:
+        return intensity, 5.0
+    return [name for name in columns if name.startswith("AU") and name.endswith("_c")], 1.0
 
 
 def main_face_rows(table: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -37,35 +46,45 @@ def plot_tracks(table: Mapping[str, np.ndarray], bundle, path: str | os.PathLike
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    specs = bundle.specs
+    columns = column_names(bundle)
     rows = main_face_rows(table)
     time = table["timestamp"][rows]
-    panels = [task for task in ("au", "expression", "va") if task in specs]
+    au_names, au_max = au_display_columns(columns)
+    expressions = [name for name in columns if name.startswith("expression_")]
+    panels = [kind for kind, present in (("au", au_names), ("expression", expressions), ("va", "valence" in columns),
+                                         ("pose", "pose_Rx" in columns)) if present]
     figure, axes = plt.subplots(max(len(panels), 1), 1, figsize=(10, 2.6 * max(len(panels), 1)), squeeze=False,
                                 sharex=True)
     axes = axes[:, 0]
-    for axis, task in zip(axes, panels):
-        if task == "au":
-            names = au_columns(specs["au"].names, "_c")
-            heat = np.stack([table[name][rows] for name in names]) if rows.any() else np.zeros((len(names), 0))
-            extent = (time[0], time[-1], len(names) - 0.5, -0.5) if time.size else None
-            image = axis.imshow(heat, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest",
+    for axis, kind in zip(axes, panels):
+        if kind == "au":
+            heat = np.stack([table[name][rows] for name in au_names]) if rows.any() else np.zeros((len(au_names), 0))
+            extent = (time[0], time[-1], len(au_names) - 0.5, -0.5) if time.size else None
+            image = axis.imshow(heat, aspect="auto", cmap="magma", vmin=0, vmax=au_max, interpolation="nearest",
                                 extent=extent)
-            axis.set_yticks(range(len(names)), [name[:-2] for name in names])
+            axis.set_yticks(range(len(au_names)), [name[:-2] for name in au_names])
             # above the panel, so it does not narrow it: every panel keeps the same time axis
-            figure.colorbar(image, ax=axis, location="top", fraction=0.08, pad=0.04, label="AU presence")
-        elif task == "expression":
-            for label, name in zip(specs["expression"].names, expression_columns(specs["expression"].names)):
-                axis.plot(time, table[name][rows], label=label)
+            figure.colorbar(image, ax=axis, location="top", fraction=0.08, pad=0.04,
+                            label="AU intensity (0-5)" if au_max > 1 else "AU presence")
+        elif kind == "expression":
+            for name in expressions:
+                axis.plot(time, table[name][rows], label=name[len("expression_"):])
             axis.set_ylim(0, 1)
             axis.set_ylabel("probability")
             axis.legend(loc="upper right", fontsize=7, ncol=4)
-        else:
+        elif kind == "va":
             axis.plot(time, table["valence"][rows], label="valence")
             axis.plot(time, table["arousal"][rows], label="arousal")
             axis.axhline(0, color="grey", linewidth=0.5)
             axis.set_ylim(-1, 1)
             axis.legend(loc="upper right", fontsize=7)
+        else:
+            for name, label in (("pose_Rx", "pitch"), ("pose_Ry", "yaw"), ("pose_Rz", "roll"),
+                                ("gaze_angle_x", "gaze x"), ("gaze_angle_y", "gaze y")):
+                if name in columns:
+                    axis.plot(time, np.degrees(table[name][rows]), label=label)
+            axis.set_ylabel("degrees")
+            axis.legend(loc="upper right", fontsize=7, ncol=5)
     axes[-1].set_xlabel("time (s)")
     face = int(table["face_id"][rows][0]) if rows.any() else -1
     figure.suptitle(f"{title}  face {face}" if title else f"face {face}")
@@ -84,7 +103,7 @@ class VideoAnnotator:
         path: the mp4 to write (temp file renamed on a successful close).
         fps: frame rate of the written video (the clip's fps / ``every``).
         size: ``(width, height)`` of the frames.
-        bundle: the :class:`~video_fer.track.bundle.ModelBundle` (for AU numbers and expression labels).
+        bundle: the :class:`~video_fer.track.bundle.ModelBundle` (for the table's columns).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], bundle, crf: int = 23):
@@ -99,18 +118,18 @@ class VideoAnnotator:
         self._stream.width, self._stream.height = size[0] // 2 * 2, size[1] // 2 * 2  # yuv420p needs even sides
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(crf), "preset": "veryfast"}
-        self._specs = bundle.specs
+        self._columns = column_names(bundle)
+        self._au_names, _ = au_display_columns(self._columns)
 
     def _labels(self, rows: Mapping[str, np.ndarray], row: int) -> str:
         parts = [f"id {int(rows['face_id'][row])}"]
-        if "au" in self._specs:
-            names = au_columns(self._specs["au"].names, "_c")
-            values = np.array([rows[name][row] for name in names])
+        if self._au_names:
+            values = np.array([rows[name][row] for name in self._au_names])
             top = np.argsort(-values)[:TOP_AUS_SHOWN]
-            parts.append(" ".join(f"{names[k][:-2]} {values[k]:.2f}" for k in top))
-        if "expression" in self._specs:
+            parts.append(" ".join(f"{self._au_names[k][:-2]} {values[k]:.2f}" for k in top))
+        if "expression" in self._columns:
             parts.append(str(rows["expression"][row]))
-        if "va" in self._specs:
+        if "valence" in self._columns:
             parts.append(f"V {rows['valence'][row]:+.2f} A {rows['arousal'][row]:+.2f}")
         return " | ".join(parts)
 

@@ -1,17 +1,20 @@
-"""Clip -> per-frame table of AUs, expression, valence/arousal and head pose (``video-fer track``).
+"""Clip -> per-frame table of AUs, expression, valence/arousal, head pose and gaze (``video-fer track``).
 
-Pipeline, streaming with bounded memory:
+The model is ``"mediapipe"`` (the default: no training, every column from MediaPipe's mesh and
+blendshapes, :mod:`video_fer.track.default_columns`) or a bundle (learned heads, optionally with
+the default's column groups; :mod:`video_fer.track.bundle`). Pipeline, streaming with bounded memory:
 
     thread "decode":     decode a batch (PyAV, sequential and synchronous), one batch ahead
     thread "landmarks":  landmarker on every ``landmark_every``-th frame only (MediaPipe VIDEO mode
                          tracks faces from keyframe to keyframe), landmarks of the frames in
                          between interpolated (:mod:`video_fer.faces.keyframes`) -> FaceTracker
                          (stable face ids) -> confidence (MediaPipe's face detector on every 8th
-                         frame and on new faces) -> align every face (the bundle's AlignmentSpec,
+                         frame and on new faces) -> the default's columns (head pose, gaze, AUs,
+                         expression) -> align every face (a learned bundle's AlignmentSpec,
                          :mod:`video_fer.faces.crops`)
                               | queue of at most QUEUE_BATCHES batches
     caller's thread:     encoder + heads in one batched pass (BatchNorms folded, channels-last,
-                         one torch thread) -> head pose -> rows -> writer
+                         one torch thread; nothing for the default) -> rows -> writer
 
 The stages overlap on two cores (PyAV, MediaPipe and torch all release the GIL while they
 compute). Per frame on this 2-core machine (``tools/bench_track.py --stages``): MediaPipe
@@ -23,12 +26,13 @@ levels off (~1.1 GB on a 472-frame clip, ~2 GB over an hour with the reference b
 keeps freed network and landmarker buffers); ``MALLOC_MMAP_THRESHOLD_=131072`` in the
 environment kept it under 1 GB on an 8-minute clip, at the cost of ~40 % longer runs.
 
-Table (:mod:`video_fer.track.table`), one row per (processed frame, face), ordered by frame then ``face_id``:
-``frame, timestamp, face_id, confidence, success, pose_Rx, pose_Ry, pose_Rz`` (radians,
-:mod:`video_fer.faces.head_pose`), ``AUxx_c`` (presence probability), ``AUxx_r`` (intensity 0..5),
-``expression_<label>`` probabilities and ``expression`` (the argmax label), ``valence``,
-``arousal`` — the columns of the heads the bundle has. A processed frame without a face gets
-one row with ``success=0``, ``face_id=-1``, ``confidence=0`` and empty (NaN) values.
+Table (:mod:`video_fer.track.table`, ``docs/TRACK_COLUMNS.md``), one row per (processed frame, face),
+ordered by frame then ``face_id``: ``frame, timestamp, face_id, confidence, success``, then the
+columns the model gives in OpenFace's names and units (``pose_T*`` mm, ``pose_R*`` and gaze angles
+in radians, ``AUxx_r`` 0-5, ``AUxx_c``, ``expression_<label>`` probabilities and ``expression``,
+``valence``, ``arousal``). A processed frame without a face gets one row with ``success=0``,
+``face_id=-1``, ``confidence=0`` and empty (NaN) values. Beside each table, ``<table>.meta.json``
+says where each column group comes from, its units and conventions.
 """
 from __future__ import annotations
 
@@ -49,11 +53,14 @@ from video_fer.data.inputs import expand_inputs
 from video_fer.errors import ConfigError, VideoFerError
 from video_fer.faces.detection import SparseDetectorConfidence
 from video_fer.runtime import long_lived_allocations, torch_threads
-from video_fer.track.bundle import ModelBundle, fuse_batch_norms, load_bundle
+from video_fer.track.bundle import MEDIAPIPE, ModelBundle, default_columns_of, fuse_batch_norms, load_bundle
+from video_fer.track.default_columns import DefaultColumns
 from video_fer.track.plot import VideoAnnotator, plot_tracks
-from video_fer.track.settings import TrackSettings, create_track_landmarker, expected_rows, uses_sparse_confidence
+from video_fer.track.settings import (MEDIAPIPE_LANDMARKERS, TrackSettings, create_track_landmarker, expected_rows,
+                                      uses_sparse_confidence)
 from video_fer.track.stages import FaceBatch, FacePredictions, batch_rows, find_faces, predict_faces, run_in_background
-from video_fer.track.table import FORMATS, as_table, column_names, concatenate_columns, open_writer
+from video_fer.track.table import FORMATS, as_table, column_names, concatenate_columns, open_writer, write_metadata
+from video_fer.version import __version__
 from video_fer.video import VideoReader
 
 
@@ -80,9 +87,10 @@ def iter_clip_batches(path: str | os.PathLike, bundle, settings: TrackSettings, 
         VideoReadError: the clip cannot be opened or decoded.
     """
     own_landmarker = landmarker is None
-    landmarker = landmarker or create_track_landmarker(settings)
+    landmarker = landmarker or create_track_landmarker(settings, needs_blendshapes(bundle.default_columns))
     confidence = reader = batches = None
     try:
+        defaults = DefaultColumns(bundle.default_columns, landmarker)
         if uses_sparse_confidence(settings):
             confidence = SparseDetectorConfidence(getattr(landmarker, "model_path", None), settings.confidence_every)
         reader = VideoReader(path)
@@ -91,8 +99,9 @@ def iter_clip_batches(path: str | os.PathLike, bundle, settings: TrackSettings, 
         threads = settings.torch_threads or 1  # more intra-op threads only contend with the landmarker here
         bundle = inference_bundle(bundle, settings)
         # pipelined: faces are aligned and scored in the landmark thread, this thread only runs the network
-        batches = find_faces(reader, landmarker, settings, bundle.alignment if settings.pipelined else None,
-                             confidence)
+        batches = find_faces(reader, landmarker, settings,
+                             bundle.alignment if settings.pipelined and bundle.has_network else None, confidence,
+                             defaults)
         if settings.pipelined:
             batches = run_in_background(batches)
         with torch_threads(threads):
@@ -120,8 +129,13 @@ def _as_bundle(model):
     if isinstance(model, ModelBundle):
         return model.eval()
     if isinstance(model, (str, os.PathLike)):
-        return load_bundle(model)
-    raise ConfigError(f"model: expected a bundle directory or a ModelBundle, got {type(model).__name__}")
+        return load_bundle(model)  # "mediapipe": the no-training default
+    raise ConfigError(f"model: expected 'mediapipe', a bundle directory or a ModelBundle, got {type(model).__name__}")
+
+
+def needs_blendshapes(default_columns) -> bool:
+    """The default's AU and expression columns read MediaPipe's blendshapes."""
+    return "au" in default_columns or "expression" in default_columns
 
 
 def inference_bundle(bundle, settings: TrackSettings, copy: bool = True):
@@ -131,7 +145,7 @@ def inference_bundle(bundle, settings: TrackSettings, copy: bool = True):
     (``copy=True``), so ``track(path, my_bundle)`` leaves ``my_bundle`` (and its state_dict) as
     it was; a bundle ``track`` loaded itself is prepared in place.
     """
-    if getattr(bundle, "_track_ready", None) == settings.channels_last:
+    if getattr(bundle, "_track_ready", None) == settings.channels_last or not bundle.has_network:
         return bundle
     bundle = (copying.deepcopy(bundle) if copy else bundle).eval()
     fuse_batch_norms(bundle)
@@ -141,12 +155,13 @@ def inference_bundle(bundle, settings: TrackSettings, copy: bool = True):
     return bundle
 
 
-def track(path: str | os.PathLike, model, **settings: Any):
-    """Per-frame AU / expression / valence-arousal / head-pose table of one clip.
+def track(path: str | os.PathLike, model=MEDIAPIPE, **settings: Any):
+    """Per-frame AU / expression / valence-arousal / head-pose / gaze table of one clip.
 
     Args:
         path: a video file.
-        model: a bundle directory (``video-fer bundle``) or a loaded :class:`~video_fer.track.bundle.ModelBundle`.
+        model: ``"mediapipe"`` (the no-training default), a bundle directory (``video-fer bundle``) or a
+            loaded :class:`~video_fer.track.bundle.ModelBundle`.
         **settings: :class:`TrackSettings` fields (``every``, ``start``, ``end``, ``batch_size``,
             ``landmarker_options`` ...).
 
@@ -177,16 +192,35 @@ def output_path(video, out: Path | None, fmt: str, single: bool) -> Path:
     return (out or Path("processed")) / f"{video.key}{suffix}"
 
 
+def table_metadata(path, bundle, settings: TrackSettings, model_name: str, frames: int, fps: float,
+                   size: tuple[int, int]) -> dict[str, Any]:
+    """The ``<table>.meta.json`` document: the clip, the model, where each column group comes from, units."""
+    sources = bundle.column_sources()
+    if "pose" in sources and settings.landmarker not in MEDIAPIPE_LANDMARKERS:
+        sources["pose"] = f"{settings.landmarker} landmarks (no training): rigid fit of the 3-D mean face to 68 points"
+    defaults = DefaultColumns.describe(bundle.default_columns, settings.landmarker)
+    heads = {task: {"head": spec.head, "names": list(spec.names), "model": (spec.model or {}).get("architecture")}
+             for task, spec in bundle.specs.items()}
+    return {"video_fer_version": __version__, "clip": str(path), "frames": frames, "fps": fps, "width": size[0],
+            "height": size[1], "model": model_name, "landmarker": settings.landmarker,
+            "every": settings.every, "landmark_every": settings.landmark_every, "columns": sources,
+            "default_columns": defaults, "learned_heads": heads,
+            "missing_values": "empty cells (NaN) on rows with success=0"}
+
+
 def track_clip(path: Path, bundle, settings: TrackSettings, table_path: Path, fmt: str = "csv",
                plot_path: Path | None = None, video_path: Path | None = None, landmarker=None,
-               progress: bool = True) -> ClipResult:
-    """Track one clip into ``table_path`` (and optionally a PNG plot and an annotated mp4)."""
+               progress: bool = True, model_name: str | None = None) -> ClipResult:
+    """Track one clip into ``table_path`` with its metadata beside it (``<table>.meta.json``), and optionally a
+    PNG plot and an annotated mp4."""
     from tqdm.auto import tqdm
 
     with VideoReader(path) as probe:  # frame count for the bar; also fails early on an unreadable clip
-        total, fps, size = expected_rows(len(probe), settings), probe.fps, (probe.width, probe.height)
+        frames, fps, size = len(probe), probe.fps, (probe.width, probe.height)
+    total = expected_rows(frames, settings)
     columns = column_names(bundle)
-    writer = open_writer(table_path, columns, fmt)
+    metadata = table_metadata(path, bundle, settings, model_name or MEDIAPIPE, frames, fps, size)
+    writer = open_writer(table_path, columns, fmt, metadata)
     keep_for_plot: list[dict[str, np.ndarray]] = []
     annotator = None
     result = ClipResult(Path(path))
@@ -212,6 +246,7 @@ def track_clip(path: Path, bundle, settings: TrackSettings, table_path: Path, fm
         writer.close(ok)
         if annotator is not None:
             annotator.close(ok)
+    write_metadata(table_path, metadata)
     if plot_path is not None:
         plot_tracks(concatenate_columns(keep_for_plot, columns), bundle, plot_path, title=Path(path).name)
     result.seconds = time.perf_counter() - started
@@ -240,14 +275,15 @@ def _start_in_thread(function: Callable, *arguments) -> Callable[[], Any]:
     return result
 
 
-def track_files(inputs: Sequence[str | os.PathLike], model, out: str | os.PathLike | None = None,
+def track_files(inputs: Sequence[str | os.PathLike], model=MEDIAPIPE, out: str | os.PathLike | None = None,
                 fmt: str = "csv", plot: bool = False, video_out: bool = False, settings: TrackSettings | None = None,
                 progress: bool = True, report: Callable[[str], None] | None = None) -> TrackSummary:
     """Batch mode: every clip of ``inputs`` (files, folders, ``.txt`` lists) -> one table each.
 
     A clip that fails (unreadable, corrupt) is recorded in ``summary.failures`` and the others
-    go on. Outputs: ``out/<clip key>.<fmt>`` (``out`` may be the file name when there is one clip),
-    plus ``.png`` / ``.annotated.mp4`` beside it with ``plot`` / ``video_out``.
+    go on. Outputs: ``out/<clip key>.<fmt>`` (``out`` may be the file name when there is one clip) and its
+    ``.meta.json``, plus ``.png`` / ``.annotated.mp4`` beside it with ``plot`` / ``video_out``. ``model``:
+    ``"mediapipe"`` (no training), a bundle directory or a ModelBundle.
     """
     settings = settings or TrackSettings()
     if fmt not in FORMATS:
@@ -255,17 +291,21 @@ def track_files(inputs: Sequence[str | os.PathLike], model, out: str | os.PathLi
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:  # fail before any clip is processed
         raise ConfigError("--format parquet needs pyarrow (pip install pyarrow); or use --format csv")
     videos = expand_inputs(inputs)
+    blendshapes = needs_blendshapes(default_columns_of(model))  # from bundle.json: the landmarker starts now
     # MediaPipe's import and start-up (~1 s) overlap loading the bundle (torch, weights).
     with long_lived_allocations():
-        landmarker_future = _start_in_thread(create_track_landmarker, settings)
+        landmarker_future = _start_in_thread(create_track_landmarker, settings, blendshapes)
         try:
             bundle = _prepared_bundle(model, settings)  # once for all clips
             import scipy.optimize  # noqa: F401  (the face tracker assigns with it: imported once, here)
+            landmarker = landmarker_future()
+            DefaultColumns(bundle.default_columns, landmarker)  # a landmarker that cannot feed them fails now
         except BaseException:
             with contextlib.suppress(Exception):
                 landmarker_future().close()
             raise
-        landmarker = landmarker_future()
+    model_name = MEDIAPIPE if isinstance(model, str) and model == MEDIAPIPE else (
+        str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__)
     out_path = Path(out) if out is not None else None
     summary = TrackSummary()
     try:
@@ -276,7 +316,7 @@ def track_files(inputs: Sequence[str | os.PathLike], model, out: str | os.PathLi
                 result = track_clip(video.path, bundle, settings, table, fmt,
                                     plot_path=stem.with_suffix(".png") if plot else None,
                                     video_path=Path(f"{stem}.annotated.mp4") if video_out else None,
-                                    landmarker=landmarker, progress=progress)
+                                    landmarker=landmarker, progress=progress, model_name=model_name)
             except VideoFerError as error:
                 summary.failures.append((video.path, str(error)))
                 if report:

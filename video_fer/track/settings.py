@@ -76,21 +76,23 @@ class TrackSettings:
 MEDIAPIPE_LANDMARKERS = ("mediapipe-zoom", "mediapipe")
 
 
-def default_landmarker_options(name: str) -> dict[str, Any]:
-    """Track's defaults: MediaPipe without blendshapes (unused here) and without its per-frame
-    detector pass (confidence comes from :class:`~video_fer.faces.detection.SparseDetectorConfidence`),
-    up to 4 faces (8 with ``mediapipe-zoom``, which finds the small faces of groups)."""
+def default_landmarker_options(name: str, blendshapes: bool = False) -> dict[str, Any]:
+    """Track's defaults: MediaPipe with blendshapes only when the default's AU or expression columns need
+    them, without its per-frame detector pass (confidence comes from
+    :class:`~video_fer.faces.detection.SparseDetectorConfidence`), up to 4 faces (8 with ``mediapipe-zoom``,
+    which finds the small faces of groups)."""
     if name == "mediapipe-zoom":
-        return {"blendshapes": False, "num_faces": 8, "detector_scores": False}
+        return {"blendshapes": bool(blendshapes), "num_faces": 8, "detector_scores": False}
     if name != "mediapipe":
         return {}
-    return {"mode": "video", "blendshapes": False, "num_faces": 4, "detector_scores": False}
+    return {"mode": "video", "blendshapes": bool(blendshapes), "num_faces": 4, "detector_scores": False}
 
 
-def create_track_landmarker(settings: TrackSettings):
+def create_track_landmarker(settings: TrackSettings, blendshapes: bool = False):
+    """The landmarker of a run; ``blendshapes``: the bundle's default columns need them."""
     from video_fer.faces import create_landmarker
 
-    options = {**default_landmarker_options(settings.landmarker), **settings.landmarker_options}
+    options = {**default_landmarker_options(settings.landmarker, blendshapes), **settings.landmarker_options}
     return create_landmarker(settings.landmarker, **options)
 
 

@@ -3,9 +3,11 @@
 1. :func:`find_faces` (frames -> :class:`FaceBatch`): decode, landmarks on keyframes, face ids,
    confidence and, when pipelined, alignment; runs in a background thread
    (:func:`run_in_background`, at most :data:`QUEUE_BATCHES` batches ahead).
-2. :func:`predict_faces` (faces -> :class:`FacePredictions`): encoder + heads in one batched pass,
-   head pose; :func:`batch_rows` turns both into the table's row chunk
-   (:mod:`video_fer.track.table`).
+   The default's columns (head pose, gaze, blendshape AUs, prototype expression:
+   :mod:`video_fer.track.default_columns`) are computed here too, from the landmarker's outputs.
+2. :func:`predict_faces` (faces -> :class:`FacePredictions`): encoder + heads in one batched pass
+   (nothing for the no-training default); :func:`batch_rows` turns both into the table's row
+   chunk (:mod:`video_fer.track.table`).
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ import numpy as np
 import torch
 
 from video_fer.faces.crops import align_in_regions, shrink_then_align
-from video_fer.faces.head_pose import estimate_head_pose
 from video_fer.faces.identity import PersonTracker, confirmation_frames
 from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
+from video_fer.track.default_columns import MESH_POINTS, DefaultColumns, group_columns
 from video_fer.track.settings import TrackSettings
 from video_fer.track.table import au_columns, expression_columns
 
@@ -42,6 +44,9 @@ class FaceBatch:
         landmark_source: int8 ``(T,)`` keyframe / interpolated / gap-filled
             (:mod:`video_fer.faces.keyframes`), or None.
         faces: the F :class:`~video_fer.faces.types.Face` objects (mesh, blendshapes), or None.
+        meshes: float32 ``(F, 478, 3)`` MediaPipe points in pixels (NaN rows for faces without), when the
+            default's columns use them; blendshapes: float32 ``(F, 52)`` likewise.
+        columns: the default's per-face values ``{column: (F,)}`` (:mod:`video_fer.track.default_columns`).
     """
 
     frame_indices: np.ndarray
@@ -55,17 +60,32 @@ class FaceBatch:
     crop_landmarks: torch.Tensor | None = None
     landmark_source: np.ndarray | None = None
     faces: list | None = None
+    meshes: np.ndarray | None = None
+    blendshapes: np.ndarray | None = None
+    columns: dict[str, np.ndarray] | None = None
 
 
-def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, confidence=None) -> Iterator[FaceBatch]:
+def stack_face_arrays(faces: list, attribute: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``(F, *shape)`` float32 of one optional Face attribute, NaN rows where a face lacks it (or has another shape)."""
+    out = np.full((len(faces),) + shape, np.nan, np.float32)
+    for row, face in enumerate(faces):
+        value = getattr(face, attribute, None)
+        if value is not None and np.shape(value) == shape:
+            out[row] = value
+    return out
+
+
+def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, confidence=None,
+               defaults: DefaultColumns | None = None) -> Iterator[FaceBatch]:
     """Decode, find and track faces batch by batch (stage 1; runs in the background thread).
 
     Landmarks come from keyframes (:class:`~video_fer.faces.keyframes.KeyframeLandmarks`, every
     ``settings.landmark_every``-th frame); batches are therefore cut at keyframes and hold
     ``batch_size +- landmark_every`` frames. With ``alignment`` (an AlignmentSpec) the faces are
     also aligned here (:func:`align_batch`), and with ``confidence`` (:class:`~video_fer.faces.detection.SparseDetectorConfidence`)
-    scored here: with keyframes, this thread has less to do than the network's. When pipelined,
-    decoding runs one batch ahead in a thread of its own.
+    scored here, and with ``defaults`` the default's columns are computed here: with keyframes, this
+    thread has less to do than the network's. When pipelined, decoding runs one batch ahead in a
+    thread of its own.
 
     Face ids are person ids (:class:`~video_fer.faces.identity.PersonTracker`): a person gone for a while keeps
     one id, and faces of tracks shorter than ~0.2 s are dropped. A face's id is known once its track is
@@ -94,6 +114,13 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
         for batch in with_person_ids(landmarked(), people):
             if confidence is not None:
                 batch.scores = confidence(batch.frames, batch.positions, batch.face_ids, batch.landmarks)
+            if defaults is not None and defaults.groups:
+                height, width = batch.frames.shape[1:3]
+                if defaults.geometry is not None:
+                    batch.meshes = stack_face_arrays(batch.faces, "native_landmarks", (MESH_POINTS, 3))
+                if defaults.needs_blendshapes:
+                    batch.blendshapes = stack_face_arrays(batch.faces, "blendshapes", (52,))
+                batch.columns = defaults(batch.landmarks, batch.meshes, batch.blendshapes, width, height)
             if alignment is not None:
                 batch.crops, batch.crop_landmarks = align_batch(batch, alignment, settings.exact_alignment)
             yield batch
@@ -187,10 +214,9 @@ def run_in_background(batches: Iterator, max_waiting: int = QUEUE_BATCHES, name:
 # ------------------------------------------------------------------------------ stage 2: faces -> rows
 @dataclass
 class FacePredictions:
-    """Network and pose outputs for the F faces of a batch (numpy, None where the bundle lacks the head)."""
+    """Network outputs for the F faces of a batch (numpy, None where the bundle lacks the head or has no network)."""
 
-    pose: np.ndarray  # (F, 3)
-    crop_landmarks: np.ndarray  # (F, 68, 2) in crop pixels
+    crop_landmarks: np.ndarray | None = None  # (F, 68, 2) in crop pixels
     au_presence: np.ndarray | None = None
     au_intensity: np.ndarray | None = None
     expression: np.ndarray | None = None
@@ -211,12 +237,12 @@ def align_batch(batch: FaceBatch, spec, exact_alignment: bool = False) -> tuple[
 
 def predict_faces(bundle, batch: FaceBatch, channels_last: bool = True, exact_alignment: bool = False,
                   precision: str = "float32") -> FacePredictions:
-    """Align the faces of a batch with the bundle's alignment (unless stage 1 did), run encoder +
-    heads once, fit head pose."""
-    pose = estimate_head_pose(torch.from_numpy(batch.landmarks)).numpy()
+    """Align the faces of a batch with the bundle's alignment (unless stage 1 did) and run encoder + heads once
+    (nothing without a network: the no-training default)."""
+    if not bundle.has_network:
+        return FacePredictions()
     if len(batch.landmarks) == 0:
-        empty = np.zeros((0, 68, 2), np.float32)
-        return FacePredictions(pose, empty)
+        return FacePredictions(np.zeros((0, 68, 2), np.float32))
     if batch.crops is not None:
         images, crop_landmarks = batch.crops, batch.crop_landmarks
     else:
@@ -230,7 +256,7 @@ def predict_faces(bundle, batch: FaceBatch, channels_last: bool = True, exact_al
     def as_numpy(values):
         return None if values is None else values.float().numpy()
 
-    return FacePredictions(pose, crop_landmarks.numpy(), as_numpy(output.au_presence), as_numpy(output.au_intensity),
+    return FacePredictions(crop_landmarks.numpy(), as_numpy(output.au_presence), as_numpy(output.au_intensity),
                            as_numpy(output.expression), as_numpy(output.valence_arousal))
 
 
@@ -263,8 +289,6 @@ def batch_rows(bundle, batch: FaceBatch, predictions: FacePredictions) -> dict[s
         "confidence": face_values(batch.scores, 0.0),
         "success": face_rows.astype(np.int64),
     }
-    for axis, name in enumerate(("pose_Rx", "pose_Ry", "pose_Rz")):
-        columns[name] = face_values(predictions.pose[:, axis])
     specs = bundle.specs
 
     def add(names: list[str], values: np.ndarray | None, width: int) -> None:
@@ -272,16 +296,27 @@ def batch_rows(bundle, batch: FaceBatch, predictions: FacePredictions) -> dict[s
         for k, name in enumerate(names):
             columns[name] = face_values(values[:, k])
 
-    if "au" in specs:
-        add(au_columns(specs["au"].names, "_c"), predictions.au_presence, len(specs["au"].names))
+    def label_column(labels: list[str], probabilities: np.ndarray | None) -> np.ndarray:
+        best = probabilities.argmax(1) if num_faces else np.zeros(0, np.int64)
+        names = np.asarray(list(labels) + [""], dtype=object)
+        return names[np.where(face_rows, best[source] if num_faces else -1, -1)]
+
+    defaults = batch.columns or {}
+    for group in bundle.default_columns:
+        for name in group_columns(group):
+            values = defaults.get(name)
+            if values is None:  # not computed (no face in the batch): empty cells
+                values = np.full(num_faces, "" if name == "expression" else np.nan,
+                                 dtype=object if name == "expression" else np.float64)
+            columns[name] = face_values(values, "") if values.dtype == object else face_values(values)
     if "au_intensity" in specs:
         add(au_columns(specs["au_intensity"].names, "_r"), predictions.au_intensity, len(specs["au_intensity"].names))
+    if "au" in specs:
+        add(au_columns(specs["au"].names, "_c"), predictions.au_presence, len(specs["au"].names))
     if "expression" in specs:
         labels = specs["expression"].names
         add(expression_columns(labels), predictions.expression, len(labels))
-        best = predictions.expression.argmax(1) if num_faces else np.zeros(0, np.int64)
-        names = np.asarray(labels + [""], dtype=object)
-        columns["expression"] = names[np.where(face_rows, best[source] if num_faces else -1, -1)]
+        columns["expression"] = label_column(labels, predictions.expression)
     if "va" in specs:
         add(["valence", "arousal"], predictions.valence_arousal, 2)
     return columns
