@@ -261,6 +261,12 @@ def test_bundle_takes_the_recipes_outputs_and_computes_what_they_compute(tmp_pat
         torch.testing.assert_close(output.valence_arousal, va(crops).valence_arousal.clamp(-1, 1))
     document = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert document["columns"]["au_r"] == "learned: au_intensity head (linear, au_classifier)"
+    # no head reads the given encoder: the fine-tuned one becomes the bundle's, stored once
+    alone = assemble_bundle(tmp_path / "alone", {"expression": tmp_path / "expression_run"},
+                            encoder=tmp_path / "pretrain" / "encoder")
+    assert not alone.extra_encoders and alone.specs["expression"].encoder == "encoder"
+    theirs = expression.encoder.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in alone.encoder.state_dict().items())
     assert document["columns"]["pose"].startswith("mediapipe (no training)")
 
 

@@ -223,8 +223,16 @@ def assemble_bundle(out: str | os.PathLike, heads: Mapping[str, str | os.PathLik
             known = task
             extra[task] = part.encoder
         part.spec.encoder = known
+    if extra and not any(part.spec.encoder == MAIN_ENCODER for part in parts.values()):
+        first = next(iter(extra))  # no head reads the given encoder: the first fine-tuned one becomes the bundle's
+        main = extra.pop(first)
+        for part in parts.values():
+            if part.spec.encoder == first:
+                part.spec.encoder = MAIN_ENCODER
     if any(part.spec.encoder == MAIN_ENCODER for part in parts.values()) and main is None:
         raise CheckpointError("video-fer bundle: a head reads the bundle's encoder but none was given; pass --encoder")
+    if not any(part.spec.encoder == MAIN_ENCODER for part in parts.values()):
+        main = None  # only heads that encode the images themselves
     bundle = ModelBundle(main, {task: (part.head, part.spec) for task, part in parts.items()}, spec,
                          default_columns, extra)
     save_bundle(bundle, out)

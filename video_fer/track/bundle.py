@@ -398,9 +398,11 @@ def default_columns_of(model) -> tuple[str, ...]:
     if isinstance(model, str) and model == MEDIAPIPE:
         return DEFAULT_COLUMN_GROUPS
     path = Path(model)
-    document = _read_json((path.parent if path.is_file() else path) / BUNDLE_FILE,
-                          "build a bundle with `video-fer bundle`, or use --model mediapipe")
-    return tuple(document.get("default_columns", LEGACY_DEFAULT_COLUMNS))
+    file = (path.parent if path.is_file() else path) / BUNDLE_FILE
+    if not file.is_file():  # not a bundle: load_bundle says what it is instead
+        return LEGACY_DEFAULT_COLUMNS
+    return tuple(_read_json(file, "build a bundle with `video-fer bundle`").get("default_columns",
+                                                                                 LEGACY_DEFAULT_COLUMNS))
 
 
 def load_bundle(directory: str | os.PathLike, map_location: str = "cpu") -> ModelBundle:
