@@ -57,7 +57,8 @@ def test_recipes_to_bundle_to_track(tmp_path, shared_videos, mediapipe_model, ca
     finetune_au = load_recipe("finetune_au")
     assert finetune_au.main(["--config", str(RECIPES / "configs" / "distill_au_blendshapes.yaml"),
                              f"data.cache={tmp_path / 'cache'}", f"model.encoder={encoder}", "train.epochs=2",
-                             "train.batch_size=8", "train.embedding_batch_size=16", "train.bundle=false",
+                             "train.mode=linear", "train.batch_size=8", "train.embedding_batch_size=16",
+                             "train.bundle=false",
                              f"train.output_dir={tmp_path / 'au'}", "--fold", "1"]) == 0
     assert load_recipe("finetune_expression").main(
         ["--head", "acnn", f"model.encoder={encoder}", "model.head_options.fc_dim=16", *HEAD_RUN,
