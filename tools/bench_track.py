@@ -26,7 +26,7 @@ landmarks on keyframes cost in accuracy (:func:`keyframe_landmark_error`).
     python tools/bench_track.py --rounds 5                   # default and random bundle vs decode-only
     python tools/bench_track.py --rounds 5 --model runs/distill_au/bundle
     python tools/bench_track.py --rounds 0 --stages          # CPU cost of each stage, in process
-    python tools/bench_track.py --variants                   # also: landmarks every 1/3, bfloat16, --no-pipeline ...
+    python tools/bench_track.py --variants                   # also: landmarks every 1-4, bfloat16, --no-pipeline ...
     python tools/bench_track.py --landmark-error             # keyframe landmarks vs every frame, shared videos
     python tools/bench_track.py --rounds 0 --long-repeats 1 12 88   # memory over a 41 s, an 8 min and an hour clip
 """
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stream-width", type=int, default=64)
     parser.add_argument("--expression-head", default="linear", choices=("linear", "acnn"))
     parser.add_argument("--variants", action="store_true",
-                        help="also time the default with landmarks on every frame / every 3rd, no pipelining, the "
+                        help="also time the default with landmarks every 1/2/3/4 frames, no pipelining, the "
                              "detector on every frame or none, and the bundle with bfloat16 and --exact-alignment")
     parser.add_argument("--long-repeats", type=int, nargs="*", default=[],
                         help="also track long clips: the shared videos (977 frames) concatenated N times, "
@@ -350,10 +350,14 @@ def main(argv=None) -> int:
     if args.decode_only is not None:
         print(f"decoded {decode_only(args.decode_only)} frames")
         return 0
+    from video_fer.faces.native_logs import NativeLogFilter
+
     if args.landmark_error:
         videos = sorted(DEFAULT_CLIP.parent.iterdir())
         print(f"keyframe landmarks vs every frame, {len(videos)} shared videos ({', '.join(v.name for v in videos)}):")
-        for every, numbers in keyframe_landmark_error(videos, args.landmarker_model).items():
+        with NativeLogFilter():
+            errors = keyframe_landmark_error(videos, args.landmarker_model)
+        for every, numbers in errors.items():
             print(f"  --landmark-every {every}: " + ", ".join(
                 f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}" for name, value in numbers.items()))
         return 0
@@ -384,8 +388,9 @@ def run_benchmarks(args, work: Path) -> int:
                 f"default (mediapipe, landmarks every {args.landmark_every}. frame)": track,
                 "bundle": track + ["--model", str(bundle)]}
     if args.variants:
-        variants["default, landmarks on every frame"] = track + ["--landmark-every", "1"]
-        variants["default, landmarks every 3rd frame"] = track + ["--landmark-every", "3"]
+        for every in (1, 2, 3, 4):
+            if every != args.landmark_every:
+                variants[f"default, landmarks every {every}. frame"] = track + ["--landmark-every", str(every)]
         variants["default, --no-pipeline"] = track + ["--no-pipeline"]
         variants["default, detector on every frame"] = track + ["--landmarker-option", "detector_scores=true",
                                                                 "--confidence-every", "0"]
@@ -413,17 +418,21 @@ def run_benchmarks(args, work: Path) -> int:
               f"{load_after[1]:.1f} / {load_after[2]:.1f} (1/5/15 min); {args.rounds} paired rounds\n")
         decode = walls["decode-only"]
         default = walls[f"default (mediapipe, landmarks every {args.landmark_every}. frame)"]
-        print("| process | wall s (median) | / decode-only, median of rounds | per round | / default, median | "
-              "CPU s (median) | CPU ms/frame | peak RSS MiB |\n|---|---|---|---|---|---|---|---|")
+        print("| process | wall s (median) | / decode-only, median of rounds | per round | / default, median | per round | "
+              "CPU s (median) | CPU ms/frame | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|")
         for name in variants:
             to_decode = [w / d for w, d in zip(walls[name], decode)]
             to_default = [w / d for w, d in zip(walls[name], default)]
             print(f"| {name} | {statistics.median(walls[name]):.2f} | {statistics.median(to_decode):.2f} | "
                   f"{', '.join(f'{r:.2f}' for r in to_decode)} | {statistics.median(to_default):.2f} | "
+                  f"{', '.join(f'{r:.2f}' for r in to_default)} | "
                   f"{statistics.median(cpus[name]):.2f} | {1000 * statistics.median(cpus[name]) / frames:.1f} | "
                   f"{max(peaks[name]):.0f} |")
     if args.stages:
-        costs = stage_costs(args.clip, args.landmarker_model, bundle, args.landmark_every)
+        from video_fer.faces.native_logs import NativeLogFilter
+
+        with NativeLogFilter():
+            costs = stage_costs(args.clip, args.landmarker_model, bundle, args.landmark_every)
         print("\nCPU ms per frame, one thread, stages one after the other: "
               + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     base = [sys.executable, "-m", "video_fer.cli", "track", "--model", str(bundle), "--landmarker-model",

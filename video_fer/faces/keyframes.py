@@ -46,7 +46,7 @@ from video_fer.faces.types import Face
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_LANDMARK_EVERY = 3
+DEFAULT_LANDMARK_EVERY = 2  # measured (README, tools/bench_track.py): meets the speed targets with margin; same OpenFace agreement as 1 or 3
 DEFAULT_MIN_IOU = 0.3  # keyframes 2-3 frames apart: a tracked face overlaps itself far more than this
 DEFAULT_MAX_SIZE_CHANGE = 1.5  # a bigger jump in face size between keyframes is a cut, not motion
 
