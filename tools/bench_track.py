@@ -27,6 +27,7 @@ landmarks on keyframes cost in accuracy (:func:`keyframe_landmark_error`).
     python tools/bench_track.py --rounds 5 --model runs/distill_au/bundle
     python tools/bench_track.py --rounds 0 --stages          # CPU cost of each stage, in process
     python tools/bench_track.py --variants                   # also: landmarks every 1-4, bfloat16, --no-pipeline ...
+    python tools/bench_track.py --rounds 7 --front-end-variants   # also: MediaPipe alone, less zoom search, every 3rd
     python tools/bench_track.py --landmark-error             # keyframe landmarks vs every frame, shared videos
     python tools/bench_track.py --rounds 0 --long-repeats 1 12 88   # memory over a 41 s, an 8 min and an hour clip
 """
@@ -337,6 +338,10 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", action="store_true",
                         help="also time the default with landmarks every 1/2/3/4 frames, no pipelining, the "
                              "detector on every frame or none, and the bundle with bfloat16 and --exact-alignment")
+    parser.add_argument("--front-end-variants", action="store_true",
+                        help="also time the default with a cheaper front end: MediaPipe alone (--landmarker "
+                             "mediapipe), the zoom finder's search on a quarter tile per frame or none after the first "
+                             "frame (tiles_per_call=0.25 / 0), and landmarks every 3rd frame")
     parser.add_argument("--long-repeats", type=int, nargs="*", default=[],
                         help="also track long clips: the shared videos (977 frames) concatenated N times, "
                              "one clip per N given (88 is about an hour at 24 fps)")
@@ -370,6 +375,7 @@ def main(argv=None) -> int:
 
 def run_benchmarks(args, work: Path) -> int:
     from video_fer.faces.keyframes import DEFAULT_LANDMARK_EVERY
+    from video_fer.track.settings import TrackSettings
 
     bundle = args.model
     if bundle is None:
@@ -381,12 +387,20 @@ def run_benchmarks(args, work: Path) -> int:
     else:
         print(f"bundle: {bundle}")
     args.landmark_every = args.landmark_every or DEFAULT_LANDMARK_EVERY
+    default_name = f"default ({TrackSettings().landmarker}, landmarks every {args.landmark_every}. frame)"
     frames = decode_only(args.clip)
     track = [sys.executable, "-m", "video_fer.cli", "track", str(args.clip), "--landmarker-model",
              str(args.landmarker_model), "--no-progress", "--landmark-every", str(args.landmark_every)]
     variants = {"decode-only": [sys.executable, str(Path(__file__).resolve()), "--decode-only", str(args.clip)],
-                f"default (mediapipe, landmarks every {args.landmark_every}. frame)": track,
+                default_name: track,
                 "bundle": track + ["--model", str(bundle)]}
+    if args.front_end_variants:
+        variants["default, --landmarker mediapipe (no zoom search or followers)"] = track + ["--landmarker", "mediapipe"]
+        variants["default, tiles_per_call=0.25"] = track + ["--landmarker-option", "tiles_per_call=0.25"]
+        variants["default, tiles_per_call=0 (search on the first frame only)"] = track + [
+            "--landmarker-option", "tiles_per_call=0"]
+        if args.landmark_every != 3:
+            variants["default, landmarks every 3. frame"] = track + ["--landmark-every", "3"]
     if args.variants:
         for every in (1, 2, 3, 4):
             if every != args.landmark_every:
@@ -417,7 +431,7 @@ def run_benchmarks(args, work: Path) -> int:
               f"{load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f}, after {load_after[0]:.1f} / "
               f"{load_after[1]:.1f} / {load_after[2]:.1f} (1/5/15 min); {args.rounds} paired rounds\n")
         decode = walls["decode-only"]
-        default = walls[f"default (mediapipe, landmarks every {args.landmark_every}. frame)"]
+        default = walls[default_name]
         print("| process | wall s (median) | / decode-only, median of rounds | per round | / default, median | per round | "
               "CPU s (median) | CPU ms/frame | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|")
         for name in variants:

@@ -15,7 +15,7 @@ line-of-sight convention (what camera-axis angles add).
 
     python tools/bench_track_accuracy.py ../shared/data/videos/WolfgangLanger_Pexels.mp4 \\
         ../shared/data/videos/single_face.mp4 --openface ../shared/data/openface/WolfgangLanger_Pexels.openface.csv \\
-        ../shared/data/openface/single_face.openface.csv [--model BUNDLE ...] [--baselines] [--json out.json]
+        ../shared/data/openface/single_face.openface.csv [--bundle BUNDLE ...] [--baselines] [--json out.json]
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("clips", nargs="+", type=Path, metavar="CLIP")
     parser.add_argument("--openface", nargs="+", type=Path, required=True, metavar="CSV",
                         help="OpenFace 2.x CSV of each clip, in the same order")
-    parser.add_argument("--model", nargs="*", default=[], metavar="BUNDLE",
+    parser.add_argument("--model", "--bundle", nargs="*", default=[], metavar="BUNDLE",
                         help="bundles to score besides the default (mediapipe)")
     parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--landmark-every", type=int, default=None, help="track's --landmark-every (default: its own)")
