@@ -77,8 +77,8 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
     from video_fer.faces import create_landmarker
     from video_fer.faces.crops import shrink_then_align
     from video_fer.faces.detection import SparseDetectorConfidence
+    from video_fer.faces.identity import PersonTracker, confirmation_frames
     from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
-    from video_fer.faces.tracking import FaceTracker
     from video_fer.track.bundle import DEFAULT_COLUMN_GROUPS, load_bundle
     from video_fer.track.default_columns import DefaultColumns
     from video_fer.track.run import inference_bundle
@@ -90,18 +90,21 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
     torch.set_num_threads(1)
     bundle = inference_bundle(load_bundle(bundle_dir), TrackSettings())  # BatchNorms folded, channels-last
     default = load_bundle("mediapipe")
-    landmarks_name = f"landmarks (MediaPipe on every {landmark_every}. frame + interpolation)"
-    names = ("decode", "landmarks (MediaPipe on every frame)", landmarks_name, "tracker",
+    front_end = TrackSettings().landmarker  # track's default front end
+    landmarks_name = f"landmarks ({front_end} on every {landmark_every}. frame + interpolation)"
+    names = ("decode", "landmarks (MediaPipe alone on every frame)", f"landmarks ({front_end} on every frame)",
+             landmarks_name, "person ids",
              "confidence (detector every 8th frame)", "default columns (pose, gaze, AUs, expression)",
              "rows + CSV", "align (fast)", "align (exact, as prepare)", "network (bundle)")
     costs = dict.fromkeys(names, 0.0)
-    options = {**default_landmarker_options("mediapipe", blendshapes=True), "model_path": str(landmarker_model)}
-    every_frame = create_landmarker("mediapipe", **options)
-    landmarker = create_landmarker("mediapipe", **options)
+    def front(name):
+        return create_landmarker(name, **{**default_landmarker_options(name, blendshapes=True),
+                                          "model_path": str(landmarker_model)})
+
+    alone, every_frame, landmarker = front("mediapipe"), front(front_end), front(front_end)
     keyframes = KeyframeLandmarks(landmarker, landmark_every, image_mode_twin(landmarker))
     confidence = SparseDetectorConfidence(landmarker_model, 8)
     defaults = DefaultColumns(DEFAULT_COLUMN_GROUPS, landmarker)
-    tracker = FaceTracker()
     work = Path(tempfile.mkdtemp(prefix="bench_stages_"))
     writer = CsvTableWriter(work / "t.csv", column_names(default))
 
@@ -113,8 +116,8 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
 
     def later_stages(chunk):
         found = [face for faces in chunk.faces for face in faces]
-        ids = [i for index, faces in zip(chunk.frame_indices, chunk.faces)
-               for i in timed("tracker", tracker.update, int(index), faces)]
+        ids = [i for position, (index, faces) in enumerate(zip(chunk.frame_indices, chunk.faces))
+               for i in timed("person ids", people.update, int(index), faces, np.asarray(chunk.frames[position]))]
         positions = np.array([p for p, faces in enumerate(chunk.faces) for _ in faces], np.int64)
         landmarks = np.array([f.landmarks for f in found], np.float32).reshape(-1, 68, 2)
         batch = FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, positions, landmarks,
@@ -142,13 +145,16 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
 
     count = 0
     with VideoReader(clip) as reader:
+        people = PersonTracker(reader.fps, min_frames=confirmation_frames(reader.fps))
+        alone.start_clip(str(clip), reader.fps)
         every_frame.start_clip(str(clip), reader.fps)
         keyframes.start_clip(str(clip), reader.fps)
         for first in range(0, min(frames_limit, len(reader)), 32):
             indices = np.arange(first, min(first + 32, frames_limit, len(reader)))
             frames = timed("decode", reader.get, indices)
             timestamps = reader.timestamps[indices]
-            timed("landmarks (MediaPipe on every frame)", every_frame, frames, indices, timestamps)
+            timed("landmarks (MediaPipe alone on every frame)", alone, frames, indices, timestamps)
+            timed(f"landmarks ({front_end} on every frame)", every_frame, frames, indices, timestamps)
             chunk = timed(landmarks_name, keyframes.push, indices, timestamps, frames)
             count += len(indices)
             if chunk is not None:
@@ -156,7 +162,7 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
         chunk = timed(landmarks_name, keyframes.finish)
         if chunk is not None:
             later_stages(chunk)
-    for closing in (keyframes, landmarker, every_frame, confidence):
+    for closing in (keyframes, landmarker, every_frame, alone, confidence):
         closing.close()
     writer.close()
     shutil.rmtree(work, ignore_errors=True)
