@@ -18,8 +18,8 @@ the default's column groups; :mod:`video_fer.track.bundle`). Pipeline, streaming
 
 The stages overlap on two cores (PyAV, MediaPipe and torch all release the GIL while they
 compute). Per frame on this 2-core machine (``tools/bench_track.py --stages``): MediaPipe
-~8.5 ms on a keyframe (~4.3 ms per frame at the default ``landmark_every=2``), alignment
-~1.3 ms, the 128 px reference TAE with its heads ~5 ms, decoding ~1 ms. At most
+(``mediapipe-zoom``) ~11 ms on a keyframe (~6.3 ms per frame at the default ``landmark_every=2``,
+interpolation included), person ids ~1.1 ms, alignment ~1.7 ms, the 128 px reference TAE with its heads ~5 ms, decoding ~1 ms. At most
 ``QUEUE_BATCHES + 5`` batches of frames (~240 frames at the default batch size; one of them waits for
 its faces' person ids) are alive at once, whatever the clip's length; rows are written as they come. The process's resident memory
 levels off (~1.1 GB on a 472-frame clip, ~2 GB over an hour with the reference bundle: glibc
