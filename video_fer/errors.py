@@ -31,5 +31,12 @@ class ConfigError(VideoFerError):
     """A configuration file or command-line override is invalid."""
 
 
+class OutputError(VideoFerError, OSError):
+    """An output could not be written (no space left, file size limit, read-only, a file in the way).
+
+    Also an ``OSError``, so code that tolerates an unwritable place (a read-only cache) still does.
+    """
+
+
 class CropMismatchError(ConfigError, CheckpointError):
     """Face crops differ from what an encoder was trained on (side or alignment): a setting or a saved model at fault."""

@@ -1,4 +1,5 @@
-"""Process set-up shared by every verb: garbage-collector pausing at start-up, torch's thread count.
+"""Process set-up shared by every verb: garbage-collector pausing at start-up, torch's thread count,
+workers that end with their parent.
 
 No torch import at module level: ``video-fer track`` imports this before it decides what to load.
 """
@@ -41,3 +42,43 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> str:
+    """End this process when its parent ends (call first in a worker process's initialiser).
+
+    A spawned pool worker waits on its task pipe for ever when the parent is killed (``kill -9``),
+    holding its memory. On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``: when the
+    thread that started it exits; a pool's workers are started by the thread that submits to it);
+    elsewhere a daemon thread checks every ``poll_seconds`` whether the parent is still there.
+    ``parent_pid``: the parent's ``os.getpid()`` (a parent that died before this call ends us at once).
+
+    Returns:
+        ``"prctl"`` or ``"watchdog"``: how the worker is tied to its parent.
+    """
+    import ctypes
+    import os
+    import signal
+    import sys
+    import threading
+
+    mechanism = "watchdog"
+    if sys.platform.startswith("linux"):
+        try:
+            if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                mechanism = "prctl"
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the tie was made
+        os._exit(128 + signal.SIGKILL)
+    if mechanism == "watchdog":
+        def watch() -> None:
+            while not threading.Event().wait(poll_seconds):
+                if os.getppid() != parent_pid:
+                    os._exit(128 + signal.SIGKILL)  # nobody reads our results; temp files are removed by the next run
+
+        threading.Thread(target=watch, name="video-fer-parent-watchdog", daemon=True).start()
+    return mechanism

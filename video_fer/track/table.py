@@ -118,16 +118,8 @@ class CsvTableWriter:
     def close(self, ok: bool = True) -> None:
         if ok:
             self._context.__exit__(None, None, None)
-            _readable_by_all(self.path)
         else:
             self._context.__exit__(VideoFerError, VideoFerError("aborted"), None)
-
-
-def _readable_by_all(path: Path) -> None:
-    """The atomic temp file is created 0600; give the result the usual mode (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 @contextlib.contextmanager
@@ -170,7 +162,6 @@ class ParquetTableWriter:
             self._writer.close()
         if ok:
             self._context.__exit__(None, None, None)
-            _readable_by_all(self.path)
         else:
             self._context.__exit__(VideoFerError, VideoFerError("aborted"), None)
 
