@@ -6,7 +6,9 @@ thread of its own without bound while a slow caller (landmarks, a network) is bu
 
 Every problem with the input (missing, empty, a directory, not a video, truncated or
 corrupt data) is raised as :class:`~video_fer.errors.VideoReadError` naming the file.
-Decoded frames are ``torch.uint8`` tensors ``(T, H, W, 3)`` in RGB.
+Decoded frames are ``torch.uint8`` tensors ``(T, H, W, 3)`` in RGB, in *display* orientation:
+a phone clip stored sideways with a rotation in its header comes out upright on every path
+(decord applies the rotation itself; PyAV's frames are turned by their own ``frame.rotation``).
 """
 from __future__ import annotations
 
@@ -45,6 +47,40 @@ def _frames_to_tensor(frames) -> torch.Tensor:
     if hasattr(frames, "asnumpy"):
         return torch.from_numpy(frames.asnumpy())
     return torch.from_numpy(np.asarray(frames))
+
+
+class StreamEndedError(VideoReadError):
+    """Streaming stopped before the frames the container lists: ``last_frame`` is the last one delivered (-1: none)."""
+
+    def __init__(self, message: str, last_frame: int):
+        super().__init__(message)
+        self.last_frame = last_frame
+
+
+def _display_pixels(frame: "av.VideoFrame") -> np.ndarray:
+    """A PyAV frame as uint8 ``(H, W, 3)`` RGB in display orientation (its display matrix's quarter turns applied)."""
+    pixels = frame.to_ndarray(format="rgb24")
+    quarter_turns = int(round(getattr(frame, "rotation", 0) / 90.0)) % 4  # counter-clockwise, as decord turns
+    return np.rot90(pixels, quarter_turns) if quarter_turns else pixels
+
+
+def _trailing_hidden(path: Path, displayed_starts: np.ndarray, fps: float) -> int:
+    """Frames after the end of an mp4/mov edit list (a trimmed clip): decord counts them, players and PyAV do not.
+
+    The mov demuxer reports the edit list's length as the stream duration (without an edit list, the
+    media's): frames starting at or after it are not shown.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if "mov" not in container.format.name or stream.duration is None or stream.time_base is None:
+                return 0
+            shown_until = float(stream.duration * stream.time_base)
+    except (av.error.FFmpegError, IndexError):
+        return 0  # decord read it; PyAV's view of the header is only a refinement
+    return int(np.count_nonzero(displayed_starts > shown_until - 0.5 / fps))
 
 
 def _check_path(path: Path) -> None:
@@ -113,9 +149,14 @@ class VideoReader:
         self._stream_starts = None  # container times (s) of the displayed frames: where streaming seeks to
         if has_timestamps:
             displayed_starts = start_end[hidden:, 0]
-            self._stream_starts = displayed_starts
             self.timestamps = displayed_starts - displayed_starts[0]
             self.fps = fps if np.isfinite(fps) and fps > 0 else self._fps_from_timestamps()
+            trailing = _trailing_hidden(self.path, displayed_starts, self.fps)
+            if 0 < trailing < self.num_frames:
+                self.num_frames -= trailing
+                displayed_starts = displayed_starts[:self.num_frames]
+                self.timestamps = self.timestamps[:self.num_frames]
+            self._stream_starts = displayed_starts
         else:
             if not (np.isfinite(fps) and fps > 0):
                 raise VideoReadError(f"{self.path}: the stream has neither frame times nor a frame rate")
@@ -124,8 +165,25 @@ class VideoReader:
         # Decoding the last frame too proves the packet data is there to the end (decord opens some
         # corrupt files fine and fails only there); forward-only files would need a full read, so not them.
         probe = [0] if self._forward_only else [0, self.num_frames - 1]
-        probe_frames = self._decode(np.array(probe))
+        self._pyav_only = False
+        try:
+            probe_frames = self._decode(np.array(probe))
+        except VideoReadError:
+            if not self._decord_misreads_channels():
+                raise
+            # decord 0.6 takes the row stride for the channel count on narrow frames (1, 2, 8, 16, 24, 48 px
+            # wide...) and cannot copy them out: valid files, served by PyAV reading forward.
+            self._pyav_only = self._forward_only = True
+            probe_frames = self._decode(np.array([0]))
         self.height, self.width = int(probe_frames.shape[1]), int(probe_frames.shape[2])
+
+    def _decord_misreads_channels(self) -> bool:
+        import decord
+
+        try:
+            return int(self._reader[0].shape[-1]) != 3
+        except (RuntimeError, decord.DECORDError):
+            return False
 
     def _fps_from_timestamps(self) -> float:
         """Frame rate from the median frame spacing (for containers that report no rate)."""
@@ -162,6 +220,8 @@ class VideoReader:
 
         if self._reader is None:
             raise VideoReadError(f"{self.path}: this VideoReader was closed; open the file again")
+        if self._pyav_only:
+            return self._decode_with_pyav(indices)
         try:
             if self._forward_only:
                 return self._decode_reading_forward(indices)
@@ -192,6 +252,20 @@ class VideoReader:
             kept.append(frames[torch.from_numpy(in_chunk - chunk[0])])
         return torch.cat(kept)[torch.from_numpy(positions.reshape(-1))]
 
+    def _decode_with_pyav(self, indices: np.ndarray) -> torch.Tensor:
+        """Decode by streaming with PyAV from the first frame to the last index wanted (files decord misreads)."""
+        wanted, positions = np.unique(indices, return_inverse=True)
+        wanted_set, kept = set(wanted.tolist()), {}
+        for index, frame in self._stream(0, int(wanted[-1]) + 1):
+            if index in wanted_set:
+                kept[index] = _display_pixels(frame)
+        missing = [int(index) for index in wanted if index not in kept]
+        if missing:
+            raise VideoReadError(f"{self.path}: the stream ended before frame {missing[0]}; the file is probably "
+                                 "truncated: re-copy or re-encode it")
+        frames = torch.from_numpy(np.stack([kept[int(index)] for index in wanted]))
+        return frames[torch.from_numpy(positions.reshape(-1))]
+
     def get(self, indices: int | Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames at ``indices`` (any order, repeats allowed) -> uint8 ``(T, H, W, 3)`` RGB."""
         array = self._normalise_indices(indices)
@@ -209,6 +283,10 @@ class VideoReader:
 
         Yields:
             ``(indices int64 (T,), frames uint8 (T, H, W, 3))`` with ``T <= batch_size``.
+
+        Raises:
+            StreamEndedError: the stream stopped before ``end`` (truncated, or damaged data the decoder
+                refuses), after every frame decoded before that point was yielded.
         """
         if batch_size < 1 or step < 1:
             raise ValueError(f"{self.path}: batch_size and step must be >= 1 (got {batch_size}, {step})")
@@ -222,21 +300,28 @@ class VideoReader:
             return
         delivered = 0
         pending: list[np.ndarray] = []
-        for index, frame in self._stream(start, end):
-            if (index - start) % step:
-                continue
-            pending.append(frame.to_ndarray(format="rgb24"))
-            if len(pending) == batch_size:
-                yield wanted[delivered:delivered + batch_size], torch.from_numpy(np.stack(pending))
-                delivered, pending = delivered + batch_size, []
+        failure: VideoReadError | None = None
+        try:
+            for index, frame in self._stream(start, end):
+                if (index - start) % step:
+                    continue
+                pending.append(_display_pixels(frame))
+                if len(pending) == batch_size:
+                    yield wanted[delivered:delivered + batch_size], torch.from_numpy(np.stack(pending))
+                    delivered, pending = delivered + batch_size, []
+        except VideoReadError as error:  # damaged data mid-stream: the frames decoded before it still count
+            failure = error
         if pending:
             yield wanted[delivered:delivered + len(pending)], torch.from_numpy(np.stack(pending))
             delivered += len(pending)
-        if delivered < wanted.size:
-            raise VideoReadError(
-                f"{self.path}: the stream ended after frame {wanted[delivered - 1] if delivered else start - 1} "
-                f"although the container lists {self.num_frames} frames; the file is probably truncated: "
-                "re-copy or re-encode it")
+        if failure is not None or delivered < wanted.size:
+            last = int(wanted[delivered - 1]) if delivered else start - 1
+            if failure is not None:
+                raise StreamEndedError(f"{failure}; decoding stopped after frame {last} of {self.num_frames}", last) \
+                    from failure
+            raise StreamEndedError(
+                f"{self.path}: the stream ended after frame {last} although the container lists {self.num_frames} "
+                "frames; the file is probably truncated: re-copy or re-encode it", last)
 
     def _stream(self, start: int, end: int) -> Iterator[tuple[int, "av.VideoFrame"]]:
         """``(index, av.VideoFrame)`` for frames ``start .. end - 1`` in order, decoded with PyAV.

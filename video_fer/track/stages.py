@@ -26,6 +26,7 @@ from video_fer.faces.keyframes import KeyframeLandmarks, image_mode_twin
 from video_fer.track.default_columns import MESH_POINTS, DefaultColumns, group_columns
 from video_fer.track.settings import TrackSettings
 from video_fer.track.table import au_columns, expression_columns
+from video_fer.video import StreamEndedError
 
 QUEUE_BATCHES = 2  # decoded batches waiting for the network: enough to smooth the two stages' jitter
 
@@ -102,13 +103,19 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
         decoded = run_in_background(decoded, max_waiting=1, name="video-fer-decode")
 
     def landmarked() -> Iterator:
-        for indices, frames in decoded:
-            chunk = keyframes.push(indices, reader.timestamps[indices], frames)
-            if chunk is not None:
-                yield chunk
+        ended = None
+        try:
+            for indices, frames in decoded:
+                chunk = keyframes.push(indices, reader.timestamps[indices], frames)
+                if chunk is not None:
+                    yield chunk
+        except StreamEndedError as error:  # the frames decoded before the end still get their rows
+            ended = error
         chunk = keyframes.finish()
         if chunk is not None:
             yield chunk
+        if ended is not None:
+            raise ended
 
     try:
         for batch in with_person_ids(landmarked(), people):
