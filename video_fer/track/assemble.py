@@ -235,7 +235,7 @@ def assemble_bundle(out: str | os.PathLike, heads: Mapping[str, str | os.PathLik
         main = None  # only heads that encode the images themselves
     bundle = ModelBundle(main, {task: (part.head, part.spec) for task, part in parts.items()}, spec,
                          default_columns, extra)
-    save_bundle(bundle, out)
+    save_bundle(bundle, out, {task: str(part.source) for task, part in parts.items()})
     return bundle.eval()
 
 

@@ -174,12 +174,18 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Load weights that fit the module exactly and are all finite (NaN weights give NaN for every face)."""
     from video_fer.models.checkpoint import describe_mismatch
 
     mismatch = describe_mismatch(module.state_dict(), dict(state))
     if mismatch:
         raise CheckpointError(f"{where}: weights do not match the recorded architecture: {mismatch}; "
                               "the weights and the config come from different models, write them again")
+    bad = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{where}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or "
+                              "infinite values; the model diverged or the file is damaged: use an earlier "
+                              "checkpoint or train again")
     module.load_state_dict(dict(state), strict=True)
 
 
@@ -357,8 +363,10 @@ def fuse_batch_norms(module: nn.Module) -> int:
     return folded
 
 
-def check_heads_run(bundle: ModelBundle, where: str) -> None:
-    """One forward pass on two blank faces: a head whose options do not fit the encoder fails here, not mid-clip."""
+def check_heads_run(bundle: ModelBundle, where: str, head_where: Mapping[str, str] | None = None) -> None:
+    """One forward pass on two blank faces: a head whose options do not fit the encoder, or whose ``names``
+    do not match its outputs, fails here, not mid-clip. ``head_where``: task -> where that head came from
+    (named instead of ``where`` when its names are wrong)."""
     if not bundle.has_network:
         return
     size = bundle.image_size
@@ -373,13 +381,16 @@ def check_heads_run(bundle: ModelBundle, where: str) -> None:
     for task, values in (("au", output.au_presence), ("au_intensity", output.au_intensity),
                          ("expression", output.expression)):
         if values is not None and values.shape[1] != len(bundle.specs[task].names):
-            raise CheckpointError(f"{where}: head {task!r} gives {values.shape[1]} outputs but names "
-                                  f"{len(bundle.specs[task].names)} ({bundle.specs[task].names}); fix its names")
+            raise CheckpointError(f"{(head_where or {}).get(task, where)}: head {task!r} gives {values.shape[1]} "
+                                  f"outputs but names {len(bundle.specs[task].names)} ({bundle.specs[task].names}); "
+                                  "fix its names (one per output)")
 
 
-def save_bundle(bundle: ModelBundle, directory: str | os.PathLike) -> Path:
-    """Write ``bundle.json`` + ``model.safetensors`` into ``directory`` (atomically, weights first)."""
-    check_heads_run(bundle, str(directory))
+def save_bundle(bundle: ModelBundle, directory: str | os.PathLike,
+                head_where: Mapping[str, str] | None = None) -> Path:
+    """Write ``bundle.json`` + ``model.safetensors`` into ``directory`` (atomically, weights first).
+    ``head_where``: task -> where that head came from, named if its check fails."""
+    check_heads_run(bundle, str(directory), head_where)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().contiguous().cpu() for key, value in bundle.state_dict().items()}
@@ -449,6 +460,7 @@ def load_bundle(directory: str | os.PathLike, map_location: str = "cpu") -> Mode
         raise CheckpointError(f"{where}: {error}; build the bundle again") from error
     bundle = ModelBundle(encoder, heads, alignment, default_columns, extra_encoders)
     _load_strict(bundle, read_weights(directory / WEIGHTS_FILE), str(directory))
+    check_heads_run(bundle, f"{directory}/{BUNDLE_FILE}")  # an edited names list would drop or shift columns
     return bundle.to(map_location).eval()
 
 

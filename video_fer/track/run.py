@@ -51,8 +51,9 @@ import numpy as np
 import torch
 
 from video_fer.data.inputs import expand_inputs
-from video_fer.errors import ConfigError, VideoFerError
+from video_fer.errors import ConfigError, OutputError, VideoFerError, VideoReadError
 from video_fer.faces.detection import SparseDetectorConfidence
+from video_fer.io import temp_names
 from video_fer.runtime import long_lived_allocations, torch_threads
 from video_fer.track.bundle import MEDIAPIPE, ModelBundle, default_columns_of, fuse_batch_norms, load_bundle
 from video_fer.track.default_columns import DefaultColumns
@@ -62,7 +63,15 @@ from video_fer.track.settings import (MEDIAPIPE_LANDMARKERS, TrackSettings, crea
 from video_fer.track.stages import FaceBatch, FacePredictions, batch_rows, find_faces, predict_faces, run_in_background
 from video_fer.track.table import FORMATS, as_table, column_names, concatenate_columns, open_writer, write_metadata
 from video_fer.version import __version__
-from video_fer.video import VideoReader
+from video_fer.video import StreamEndedError, VideoReader
+
+
+class PartialClipError(VideoReadError):
+    """The clip's stream ended early: the rows computed up to there are in the table (``result``)."""
+
+    def __init__(self, message: str, result: "ClipResult"):
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -185,6 +194,18 @@ class TrackSummary:
     results: list[ClipResult] = field(default_factory=list)
 
 
+def check_output(out: str | os.PathLike | None, fmt: str, clips: int) -> None:
+    """``-o`` naming a table file must name one of ``fmt`` for exactly one clip (else a folder would take its name)."""
+    if out is None:
+        return
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix in FORMATS and suffix != fmt:
+        raise ConfigError(f"-o {out}: names a .{suffix} table but the format is {fmt}; give --format {suffix} "
+                          "or another name")
+    if suffix == fmt and clips > 1:
+        raise ConfigError(f"-o {out}: names one table but {clips} clips were given; give a folder for their tables")
+
+
 def output_path(video, out: Path | None, fmt: str, single: bool) -> Path:
     """Where a clip's table goes: ``out`` itself for one clip given a file name, else ``out/<key>.<fmt>``."""
     suffix = "." + fmt
@@ -213,34 +234,47 @@ def track_clip(path: Path, bundle, settings: TrackSettings, table_path: Path, fm
                plot_path: Path | None = None, video_path: Path | None = None, landmarker=None,
                progress: bool = True, model_name: str | None = None) -> ClipResult:
     """Track one clip into ``table_path`` with its metadata beside it (``<table>.meta.json``), and optionally a
-    PNG plot and an annotated mp4."""
+    PNG plot and an annotated mp4.
+
+    Temp files a killed run left beside the outputs are removed first.
+
+    Raises:
+        PartialClipError: the stream ended early (truncated or damaged); the table holds the rows
+            computed up to there, the message says where it ended.
+    """
     from tqdm.auto import tqdm
 
     with VideoReader(path) as probe:  # frame count for the bar; also fails early on an unreadable clip
         frames, fps, size = len(probe), probe.fps, (probe.width, probe.height)
     total = expected_rows(frames, settings)
+    for output in (table_path, plot_path, video_path):
+        for stale in temp_names(output) if output is not None else []:
+            stale.unlink(missing_ok=True)
     columns = column_names(bundle)
     metadata = table_metadata(path, bundle, settings, model_name or MEDIAPIPE, frames, fps, size)
     writer = open_writer(table_path, columns, fmt, metadata)
     keep_for_plot: list[dict[str, np.ndarray]] = []
     annotator = None
     result = ClipResult(Path(path))
-    ok = False
+    ok, ended = False, None
     started = time.perf_counter()
     bar = tqdm(total=total, unit="frame", desc=Path(path).name, disable=not progress, leave=False)
     try:
         if video_path is not None:
             annotator = VideoAnnotator(video_path, fps / settings.every, size, bundle)
-        for batch, predictions, rows in iter_clip_batches(path, bundle, settings, landmarker):
-            writer.write(rows)
-            if plot_path is not None:  # numbers only (a few floats per row), never frames
-                keep_for_plot.append(rows)
-            if annotator is not None:
-                annotator.write(batch, predictions, rows)
-            result.rows += len(rows["frame"])
-            result.frames += len(batch.frame_indices)
-            result.faces += len(batch.positions)
-            bar.update(len(batch.frame_indices))
+        try:
+            for batch, predictions, rows in iter_clip_batches(path, bundle, settings, landmarker):
+                writer.write(rows)
+                if plot_path is not None:  # numbers only (a few floats per row), never frames
+                    keep_for_plot.append(rows)
+                if annotator is not None:
+                    annotator.write(batch, predictions, rows)
+                result.rows += len(rows["frame"])
+                result.frames += len(batch.frame_indices)
+                result.faces += len(batch.positions)
+                bar.update(len(batch.frame_indices))
+        except StreamEndedError as error:  # keep what was computed: the rows up to the end are right
+            ended = error
         ok = True
     finally:
         bar.close()
@@ -251,6 +285,9 @@ def track_clip(path: Path, bundle, settings: TrackSettings, table_path: Path, fm
     if plot_path is not None:
         plot_tracks(concatenate_columns(keep_for_plot, columns), bundle, plot_path, title=Path(path).name)
     result.seconds = time.perf_counter() - started
+    if ended is not None:
+        raise PartialClipError(f"{ended}; kept the {result.rows} rows up to frame {ended.last_frame} in {table_path}",
+                               result)
     return result
 
 
@@ -292,6 +329,7 @@ def track_files(inputs: Sequence[str | os.PathLike], model=MEDIAPIPE, out: str |
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:  # fail before any clip is processed
         raise ConfigError("--format parquet needs pyarrow (pip install pyarrow); or use --format csv")
     videos = expand_inputs(inputs)
+    check_output(out, fmt, len(videos))
     blendshapes = needs_blendshapes(default_columns_of(model))  # from bundle.json: the landmarker starts now
     # MediaPipe's import and start-up (~1 s) overlap loading the bundle (torch, weights).
     with long_lived_allocations():
@@ -318,6 +356,15 @@ def track_files(inputs: Sequence[str | os.PathLike], model=MEDIAPIPE, out: str |
                                     plot_path=stem.with_suffix(".png") if plot else None,
                                     video_path=Path(f"{stem}.annotated.mp4") if video_out else None,
                                     landmarker=landmarker, progress=progress, model_name=model_name)
+            except PartialClipError as error:
+                summary.outputs.append(table)
+                summary.results.append(error.result)
+                summary.failures.append((video.path, str(error)))
+                if report:
+                    report(f"{video.path} -> {table}: PARTIAL: {error}")
+                continue
+            except OutputError:
+                raise  # the output folder is at fault, not the clip: every clip would fail the same way
             except VideoFerError as error:
                 summary.failures.append((video.path, str(error)))
                 if report:
@@ -333,4 +380,5 @@ def track_files(inputs: Sequence[str | os.PathLike], model=MEDIAPIPE, out: str |
     return summary
 
 
-__all__ = ["ClipResult", "TrackSettings", "TrackSummary", "iter_clip_batches", "track", "track_clip", "track_files"]
+__all__ = ["ClipResult", "PartialClipError", "TrackSettings", "TrackSummary", "check_output", "iter_clip_batches",
+           "track", "track_clip", "track_files"]
