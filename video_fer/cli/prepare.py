@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from video_fer.cli.args import key_value, landmarker_options, positive_float, positive_int
 from video_fer.faces import LANDMARKER_NAMES
@@ -46,6 +47,8 @@ def register(subparsers) -> None:
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
                         help="do every n-th video of the sorted list, starting at i (0-based)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="frames decoded at once")
+    parser.add_argument("--retry-skipped", action="store_true",
+                        help="redo videos skipped before (by default only those whose file changed since)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_prepare)
 
@@ -63,9 +66,14 @@ def run_prepare(args: argparse.Namespace) -> int:
     summary = prepare_videos(
         args.inputs, args.out, landmarker=args.landmarker, landmarker_options=options, size=args.size, fps=args.fps,
         min_track_frames=args.min_track_frames, workers=args.workers, shard=args.shard,
-        batch_size=args.batch_size or DEFAULT_BATCH_SIZE, progress=not args.no_progress)
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE, progress=not args.no_progress,
+        retry_skipped=args.retry_skipped, report=lambda line: print(line, flush=True))
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(f"{args.out}: {summary.processed} video(s) processed ({summary.ok} with tracks, {summary.skipped} skipped), "
           f"{summary.already_done} already done, {summary.tracks} new track(s), {summary.frames} frames "
           f"in {summary.seconds:.1f} s ({rate:.1f} frames/s)")
+    if summary.processed and summary.unreadable == summary.processed:
+        print(f"video-fer prepare: none of the {summary.processed} video(s) could be read (reasons above, also in "
+              f"{args.out}/skipped.csv); fix or replace them and rerun", file=sys.stderr)
+        return 1
     return 0

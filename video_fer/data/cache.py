@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import functools
 import json
 import os
 import re
@@ -112,6 +113,46 @@ def _as_uint8_frames(frames: Any, size: int | None, what: str) -> np.ndarray:
     if size is not None and frames.shape[1] != size:
         raise CacheError(f"{what}: crops are {frames.shape[1]} px but this track/cache is {size} px")
     return np.ascontiguousarray(frames)
+
+
+@functools.lru_cache(maxsize=None)
+def check_readable_size(size: int) -> None:
+    """Refuse a crop side whose tracks decord (the cache's reader) cannot decode.
+
+    decord 0.6 takes the row stride for the channel count on some frame widths (8, 12, 16, 24, 48,
+    72 px among 8..128) and cannot copy such frames out: a cache of that size could be written but
+    never read. A two-frame track of ``size`` is encoded like :class:`TrackVideoWriter` does and read
+    back (a few ms, once per size and process).
+
+    Raises:
+        CacheError: naming the size and the nearest readable sizes.
+    """
+    if _decodes(size):
+        return
+    near = [other for step in range(2, 66, 2) for other in (size - step, size + step)
+            if other >= 8 and _decodes(other)][:2]
+    raise CacheError(f"--size {size}: the cache's reader (decord) cannot decode {size} px tracks (a decord bug with "
+                     f"some frame widths); choose another size, e.g. {' or '.join(map(str, sorted(near)))}")
+
+
+@functools.lru_cache(maxsize=None)
+def _decodes(size: int) -> bool:
+    """True when decord reads back a track of ``size`` px crops as written."""
+    import tempfile
+
+    import decord
+
+    with tempfile.TemporaryDirectory(prefix="video_fer_size_") as folder:
+        writer = TrackVideoWriter(folder, "probe", size, 25.0)
+        crops = np.zeros((2, size, size, 3), np.uint8)
+        crops[1] = 255
+        writer.append(crops)
+        writer.finish({"frame_indices": np.arange(2)}, "probe")
+        try:
+            frames = decord.VideoReader(str(writer.video_path), ctx=decord.cpu(0), num_threads=1).get_batch([0, 1])
+        except (RuntimeError, decord.DECORDError):
+            return False
+        return tuple(frames.shape) == (2, size, size, 3)
 
 
 class TrackVideoWriter:
@@ -610,7 +651,16 @@ class FaceTrackCache:
             raise CacheError(f"track {track_id}: positions {bad[:5].tolist()} out of range [0, {info.num_frames})")
         if indices.size == 0:
             return torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
-        batch = self._reader(track_id).get_batch(indices)
+        import decord
+
+        try:
+            batch = self._reader(track_id).get_batch(indices)
+        except (RuntimeError, decord.DECORDError) as error:  # data garbled after an intact header, a bad disk
+            self._readers.pop(track_id, None)
+            raise CacheError(f"{self.root / info.path}: cannot decode crops {indices[:5].tolist()} "
+                             f"({' '.join(str(error).split())[:160]}); the track file is damaged: delete "
+                             f"manifests/{info.video_key}.json and rerun prepare, or let training skip it "
+                             "(data.skip_bad_tracks=true)") from None
         return batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch.asnumpy())
 
     def track_arrays(self, track_id: str) -> dict[str, np.ndarray]:

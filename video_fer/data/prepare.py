@@ -8,7 +8,8 @@ batch are aligned by one batched kornia warp (of per-face source windows, not wh
 frames: :mod:`video_fer.faces.crops`), and each crop goes straight into its track's open mp4 encoder. A track's temp
 files are renamed into place when the track ends; the video's manifest is written after
 its last track, so an interrupted run leaves no half track in the index and a rerun skips
-every video that has a manifest.
+every video that has a manifest, except a skipped video whose file changed since (size or
+modification time; or every skipped one with ``retry_skipped``).
 
 Inputs (:mod:`video_fer.data.inputs`) are files, folders (searched recursively) or ``.txt``
 lists of paths; the sorted list is split into shards by taking every n-th
@@ -20,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import json
 import multiprocessing
 import os
 import time
@@ -30,11 +32,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from video_fer.data.cache import CacheWriter, TrackVideoWriter, track_row
+from video_fer.data.cache import CacheWriter, TrackVideoWriter, check_readable_size, track_row
 from video_fer.data.inputs import VideoInput, expand_inputs, select_shard
 from video_fer.errors import ConfigError, LabelFileError, VideoReadError
 from video_fer.faces.crops import align_in_regions
-from video_fer.runtime import torch_threads
+from video_fer.runtime import die_with_parent, torch_threads
 
 # Default shortest track: half a second of processed frames, at least 2 (a pair). Shorter ones
 # are mostly detector flicker; a fixed frame count would drop most tracks at --fps 1.
@@ -116,6 +118,7 @@ class PrepareConfig:
             raise ConfigError(f"--fps {self.fps}: must be > 0 (omit it to keep every frame)")
         if self.size < 8 or self.size % 2:
             raise ConfigError(f"--size {self.size}: must be an even number >= 8")
+        check_readable_size(self.size)
 
     def min_frames_at(self, processed_fps: float) -> int:
         """Shortest kept track, in processed frames, for a video processed at ``processed_fps``."""
@@ -309,7 +312,7 @@ def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config
     settings = writer.settings or {}
     backend = str(getattr(landmarker, "name", settings.get("landmarker", "unknown")))
     manifest: dict[str, Any] = {"source": str(video.path), "relative_path": video.relative.as_posix(),
-                                "identity": video.identity, "landmarker": backend}
+                                "identity": video.identity, "landmarker": backend, **source_stamp(video.path)}
     stage: _TrackWriterStage | None = None
     background = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="track-writer")
     pending: concurrent.futures.Future | None = None
@@ -367,7 +370,7 @@ def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config
         background.shutdown(wait=True, cancel_futures=True)
         if stage is not None:
             stage.abort()
-        manifest.update(status="skipped", reason=str(error), tracks=[])
+        manifest.update(status="skipped", reason=str(error), tracks=[], input_error=True)
         manifest["seconds"] = round(time.perf_counter() - started, 3)
         writer.commit_video(video.key, manifest)
         return manifest
@@ -399,6 +402,26 @@ def prepare_one_video(video: VideoInput, writer: CacheWriter, landmarker, config
     return manifest
 
 
+def source_stamp(path: str | os.PathLike) -> dict[str, int | None]:
+    """``source_size`` and ``source_mtime_ns`` of an input video (None when it cannot be read): a skipped
+    video whose stamp changed is retried by the next run."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return {"source_size": None, "source_mtime_ns": None}
+    return {"source_size": info.st_size, "source_mtime_ns": info.st_mtime_ns}
+
+
+def needs_retry(manifest: Mapping[str, Any], path: str | os.PathLike, retry_skipped: bool = False) -> bool:
+    """True for a skipped video to redo: ``retry_skipped``, or its file changed since (a manifest without a
+    stamp, from an older version, counts as changed)."""
+    if manifest.get("status") != "skipped":
+        return False
+    if retry_skipped or "source_size" not in manifest:
+        return True
+    return {key: manifest.get(key) for key in ("source_size", "source_mtime_ns")} != source_stamp(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Many videos
 # ---------------------------------------------------------------------------------------------
@@ -411,6 +434,7 @@ class PrepareSummary:
     processed: int = 0         # done by this run
     ok: int = 0
     skipped: int = 0
+    unreadable: int = 0        # skipped because the video or its landmark file could not be read
     tracks: int = 0
     frames: int = 0            # processed (decoded and searched) frames
     seconds: float = 0.0
@@ -420,6 +444,7 @@ class PrepareSummary:
         self.processed += 1
         self.ok += manifest.get("status") == "ok"
         self.skipped += manifest.get("status") == "skipped"
+        self.unreadable += bool(manifest.get("input_error"))
         self.tracks += int(manifest.get("num_tracks", len(manifest.get("tracks", []))))
         self.frames += int(manifest.get("processed_frames", 0))
         for stage, seconds in manifest.get("stage_seconds", {}).items():
@@ -438,8 +463,10 @@ def _create_landmarker(name: str, options: Mapping[str, Any] | None):
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(out: str, landmarker: str, landmarker_options: dict, config: PrepareConfig, threads: int) -> None:
-    """Process-pool initialiser: each worker owns one landmarker and one writer."""
+def _init_worker(parent_pid: int, out: str, landmarker: str, landmarker_options: dict, config: PrepareConfig,
+                 threads: int) -> None:
+    """Process-pool initialiser: each worker ends with its parent and owns one landmarker and one writer."""
+    die_with_parent(parent_pid)  # a killed prepare must not leave workers holding their memory for ever
     torch.set_num_threads(max(1, threads))
     writer = CacheWriter(out)
     writer.require_settings()
@@ -449,7 +476,9 @@ def _init_worker(out: str, landmarker: str, landmarker_options: dict, config: Pr
 def _brief(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The counts :class:`PrepareSummary` needs (a manifest can be large; only this crosses processes)."""
     return {"status": manifest.get("status"), "num_tracks": len(manifest.get("tracks", [])),
-            "processed_frames": manifest.get("processed_frames", 0), "stage_seconds": manifest.get("stage_seconds", {})}
+            "processed_frames": manifest.get("processed_frames", 0), "stage_seconds": manifest.get("stage_seconds", {}),
+            "source": manifest.get("source"), "reason": manifest.get("reason"),
+            "input_error": bool(manifest.get("input_error"))}
 
 
 def _worker_prepare(video: VideoInput) -> dict[str, Any]:
@@ -469,7 +498,8 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
                    progress: bool = True, tracker_options: Mapping[str, Any] | None = None,
                    identity_options: Mapping[str, Any] | None = None,
                    encoder_options: Mapping[str, Any] | None = None, pipelined: bool = False,
-                   torch_threads_per_worker: int = 1) -> PrepareSummary:
+                   torch_threads_per_worker: int = 1, retry_skipped: bool = False,
+                   report: Callable[[str], None] | None = None) -> PrepareSummary:
     """Build (or resume) a face-track cache from videos.
 
     Args:
@@ -496,6 +526,8 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
         torch_threads_per_worker: torch intra-op threads of each worker (alignment). 1 by default: the
             per-batch warps are small, and OpenMP threads spinning against the landmarker's own
             thread pool made alignment 3-6x slower on a busy 2-core machine; scale with ``workers``.
+        retry_skipped: redo every skipped video (else only those whose file changed since).
+        report: called with one line per video skipped by this run (its path and the reason).
 
     Returns:
         :class:`PrepareSummary` of this shard.
@@ -517,7 +549,7 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
     if shard[1] == 1:  # no other shard can be writing: every temp file is a leftover
         writer.remove_all_partial_files()
     summary = PrepareSummary(videos=len(videos))
-    todo = [video for video in videos if not writer.has_manifest(video.key)]
+    todo = [video for video in videos if _to_do(writer, video, retry_skipped)]
     summary.already_done = len(videos) - len(todo)
     started = time.perf_counter()
     bar = _ProgressBar(len(todo), summary, started) if progress else None
@@ -527,12 +559,25 @@ def prepare_videos(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out:
             summary.add(manifest)
             if bar is not None:
                 bar.video_done()
+            if report is not None and manifest.get("status") == "skipped":
+                report(f"{manifest.get('source')}: skipped: {manifest.get('reason')}")
     finally:
         if bar is not None:
             bar.close()
         summary.seconds = time.perf_counter() - started
         writer.rebuild_index()
     return summary
+
+
+def _to_do(writer: CacheWriter, video: VideoInput, retry_skipped: bool) -> bool:
+    """No manifest yet, or a skipped one to retry (:func:`needs_retry`)."""
+    if not writer.has_manifest(video.key):
+        return True
+    try:
+        manifest = json.loads(writer.manifest_path(video.key).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # a damaged manifest is reported by the index rebuild, naming the file
+    return needs_retry(manifest, video.path, retry_skipped)
 
 
 class _ProgressBar:
@@ -583,7 +628,7 @@ def _run(videos: list[VideoInput], writer: CacheWriter, out, landmarker: str, la
     context = multiprocessing.get_context("spawn")  # fork + MediaPipe/torch threads can deadlock
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=_init_worker,
-            initargs=(str(out), landmarker, dict(landmarker_options or {}), config, threads)) as pool:
+            initargs=(os.getpid(), str(out), landmarker, dict(landmarker_options or {}), config, threads)) as pool:
         queue = iter(videos)
         # A few videos in flight per worker, not the whole list: bounded memory for huge lists.
         running = {pool.submit(_worker_prepare, video) for video in itertools.islice(queue, 2 * workers)}

@@ -13,15 +13,21 @@ CPU), while the workers do the one thing that must run in parallel, decoding.
 Worker safety: the cache opens its decord readers lazily and per process (it drops
 them when pickled and when it notices it was forked), so the dataset can be handed to
 any number of DataLoader workers.
+
+A track whose mp4 cannot be decoded stops the run with a :class:`~video_fer.errors.CacheError`
+naming the file; with ``skip_bad_tracks`` its pairs are taken from the next track of the
+sampler instead and each bad file is reported once per process.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from video_fer.data.pairs import FacePairSampler
+from video_fer.errors import CacheError
 
 
 class FacePairDataset(Dataset):
@@ -30,14 +36,18 @@ class FacePairDataset(Dataset):
     Args:
         cache: a :class:`~video_fer.data.cache.FaceTrackCache` (or anything with
             ``read_frames(track_id, indices) -> uint8 (T, S, S, 3)``).
-        sampler: optional :class:`FacePairSampler`; only used for ``len()``.
+        sampler: optional :class:`FacePairSampler`; for ``len()``, and the tracks that stand in for bad ones.
+        skip_bad_tracks: [ours] a track that cannot be decoded gives its pairs from the next decodable
+            track of the sampler (same positions, clipped to its length) instead of stopping the run.
 
     Items are dicts: ``source`` and ``target`` uint8 ``(S, S, 3)``, ``frames`` int64 ``(2,)``.
     """
 
-    def __init__(self, cache: Any, sampler: FacePairSampler | None = None) -> None:
+    def __init__(self, cache: Any, sampler: FacePairSampler | None = None, skip_bad_tracks: bool = False) -> None:
         self.cache = cache
         self.sampler = sampler
+        self.skip_bad_tracks = skip_bad_tracks
+        self.bad_tracks: set[str] = set()  # found in this process
 
     def __len__(self) -> int:
         if self.sampler is None:
@@ -46,13 +56,33 @@ class FacePairDataset(Dataset):
 
     def __getitem__(self, key: tuple[str, int, int]) -> dict[str, torch.Tensor]:
         track_id, frame_a, frame_b = key
-        frames = self.cache.read_frames(track_id, [frame_a, frame_b])  # one decoder call for both frames
+        frames = self._read_pair(track_id, frame_a, frame_b)
         return {"source": frames[0], "target": frames[1], "frames": torch.tensor([frame_a, frame_b])}
+
+    def _read_pair(self, track_id: str, frame_a: int, frame_b: int) -> torch.Tensor:
+        """Both crops in one decoder call; a bad track stands down for the next good one when allowed."""
+        if not self.skip_bad_tracks or self.sampler is None:
+            return self.cache.read_frames(track_id, [frame_a, frame_b])
+        ids, lengths = self.sampler.track_ids, self.sampler.num_frames
+        start = ids.index(track_id)
+        for step in range(len(ids)):
+            row = (start + step) % len(ids)
+            candidate, last = ids[row], int(lengths[row]) - 1
+            if candidate in self.bad_tracks or last < 1:
+                continue
+            try:
+                return self.cache.read_frames(candidate, [min(frame_a, last), min(frame_b, last)])
+            except CacheError as error:
+                self.bad_tracks.add(candidate)
+                print(f"pretraining: skipping a track (data.skip_bad_tracks=true): {error}", file=sys.stderr,
+                      flush=True)
+        raise CacheError(f"{getattr(self.cache, 'root', 'the cache')}: no track of the sampler can be decoded; "
+                         "rerun prepare into a fresh cache")
 
 
 def pair_loader(cache: Any, sampler: FacePairSampler, batch_size: int, num_workers: int = 1,
                 drop_last: bool = True, pin_memory: bool = False,
-                multiprocessing_context: str | None = "spawn") -> DataLoader:
+                multiprocessing_context: str | None = "spawn", skip_bad_tracks: bool = False) -> DataLoader:
     """A DataLoader of uint8 pair batches (``source``/``target`` ``(B, S, S, 3)``) driven by ``sampler``.
 
     The sampler already gives each rank its own pairs, so this loader must *not* be passed
@@ -61,10 +91,10 @@ def pair_loader(cache: Any, sampler: FacePairSampler, batch_size: int, num_worke
     Workers are spawned, not forked, by default: a process that has run x264 encoders
     (the demo cache), decord or OpenMP thread pools can leave a lock held in a forked
     child, and we saw such a worker hang. Workers are persistent, so the start-up cost
-    (importing torch, ~seconds) is paid once per run.
+    (importing torch, ~seconds) is paid once per run. ``skip_bad_tracks``: see :class:`FacePairDataset`.
     """
     workers = num_workers > 0
-    return DataLoader(FacePairDataset(cache, sampler), batch_size=batch_size, sampler=sampler,
+    return DataLoader(FacePairDataset(cache, sampler, skip_bad_tracks), batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
                       persistent_workers=workers, prefetch_factor=4 if workers else None,
                       multiprocessing_context=multiprocessing_context if workers else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -75,6 +76,14 @@ def _parse_number(text: str, path: Path, line: int, column: str) -> float:
 def read_landmark_csv(path: str | os.PathLike) -> LandmarkTable:
     """OpenFace 2.x CSV (has ``success``) or our CSV (has ``score``) -> :class:`LandmarkTable`."""
     path = Path(path)
+    try:
+        return _read_landmark_csv(path)
+    except (UnicodeDecodeError, csv.Error) as error:  # a binary file (an mp4 renamed, a zip...), NUL bytes
+        raise LabelFileError(f"{path}: not a text CSV ({type(error).__name__}: {str(error)[:120]}); give an "
+                             "OpenFace 2.x CSV, our landmark CSV or our npz") from None
+
+
+def _read_landmark_csv(path: Path) -> LandmarkTable:
     with open(path, newline="") as handle:
         reader = csv.reader(handle, skipinitialspace=True)
         header = [name.strip() for name in next(reader, [])]
@@ -88,7 +97,7 @@ def read_landmark_csv(path: str | os.PathLike) -> LandmarkTable:
             )
         position = {name: header.index(name) for name in header}
         point_positions = [position[name] for name in _POINT_COLUMNS]
-        frames, face_ids, scores, points = [], [], [], []
+        frames, face_ids, scores, points, lines = [], [], [], [], []
         for line, row in enumerate(reader, start=2):
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -102,8 +111,19 @@ def read_landmark_csv(path: str | os.PathLike) -> LandmarkTable:
             scores.append(_parse_number(row[position["confidence" if is_openface else "score"]], path, line,
                                         "confidence" if is_openface else "score"))
             points.append([_parse_number(row[p], path, line, name) for p, name in zip(point_positions, _POINT_COLUMNS)])
+            lines.append(line)
     coordinates = np.asarray(points, dtype=np.float32).reshape(-1, 2, 68).transpose(0, 2, 1)  # x block, y block -> (N, 68, 2)
+    _check_finite(coordinates, np.asarray(scores, np.float32), path, [f"line {line}" for line in lines])
     return LandmarkTable(np.asarray(frames), np.asarray(face_ids), coordinates, np.asarray(scores), path)
+
+
+def _check_finite(landmarks: np.ndarray, scores: np.ndarray, path: Path, rows: Sequence[str]) -> None:
+    """LabelFileError naming the file and the first row with a NaN or infinite landmark or score."""
+    finite = np.isfinite(landmarks.reshape(len(landmarks), -1)).all(axis=1) & np.isfinite(scores)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise LabelFileError(f"{path}: {rows[first]} holds a NaN or infinite landmark or score "
+                             f"({int((~finite).sum())} of {len(finite)} rows do); fix or regenerate the file")
 
 
 def read_landmark_npz(path: str | os.PathLike) -> LandmarkTable:
@@ -112,8 +132,8 @@ def read_landmark_npz(path: str | os.PathLike) -> LandmarkTable:
     try:
         with np.load(path) as data:
             arrays = {key: data[key] for key in ("frame_index", "face_id", "landmarks", "score") if key in data}
-    except (OSError, ValueError) as error:
-        raise LabelFileError(f"{path}: not a readable npz file ({error})") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise LabelFileError(f"{path}: not a readable npz file ({error}); regenerate it") from error
     missing = {"frame_index", "face_id", "landmarks", "score"} - set(arrays)
     if missing:
         raise LabelFileError(f"{path}: npz lacks arrays {sorted(missing)}; expected frame_index, face_id, landmarks, score")
@@ -123,6 +143,8 @@ def read_landmark_npz(path: str | os.PathLike) -> LandmarkTable:
             f"{path}: array shapes frame_index {arrays['frame_index'].shape}, face_id {arrays['face_id'].shape}, "
             f"landmarks {arrays['landmarks'].shape}, score {arrays['score'].shape} do not match (N,), (N,), (N, 68, 2), (N,)"
         )
+    _check_finite(np.asarray(arrays["landmarks"], np.float32), np.asarray(arrays["score"], np.float32), path,
+                  [f"frame {int(frame)}" for frame in arrays["frame_index"]])
     return LandmarkTable(arrays["frame_index"], arrays["face_id"], arrays["landmarks"], arrays["score"], path)
 
 
