@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -125,8 +126,9 @@ class FoldPredictions:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
-        except (OSError, ValueError) as error:
-            raise EvaluationError(f"{path}: cannot read predictions ({error}); rerun the fold") from None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:  # e.g. a truncated file
+            raise EvaluationError(f"{path}: cannot read predictions ({type(error).__name__}: {error}); the file is "
+                                  "damaged or incomplete: rerun that fold (delete its result.json first)") from None
         missing = [key for key in ("au_numbers", "occurrence", "subjects", "sources", "frames") if key not in arrays]
         if missing:
             raise EvaluationError(f"{path}: not a predictions file (no {', '.join(missing)}); "
@@ -338,7 +340,13 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, thresho
                               "finished fine-tuning run (recipes/finetune_au.py)")
     info = {}
     if (run_dir / "run.json").is_file():
-        info = json.loads((run_dir / "run.json").read_text())
+        try:
+            info = json.loads((run_dir / "run.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise EvaluationError(f"{run_dir / 'run.json'}: damaged ({error}); restore it, or delete it and give "
+                                  "--dataset (the report then names the method 'this run')") from None
+        if not isinstance(info, dict):
+            raise EvaluationError(f"{run_dir / 'run.json'}: expected a JSON object, got {type(info).__name__}")
     predictions = {fold: FoldPredictions.load(path) for fold, path in paths.items()}
     au_sets = {fold: p.au_numbers for fold, p in predictions.items()}
     if len(set(au_sets.values())) != 1:
