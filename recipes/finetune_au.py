@@ -352,11 +352,7 @@ def end_of_epoch(run: RecipeRun, model, out: Path, fold: int, progress: dict, sc
     if run.is_main:
         log.write({"step": epoch, "epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "validation": "" if score is None else score, "best_epoch": progress["best_epoch"]})
-    saved = save_checkpoint(run.accelerator, out, epoch, keep_checkpoints)
-    if run.is_main:
-        with atomic_write(saved / "progress.json") as handle:
-            json.dump(progress, handle)
-    run.accelerator.wait_for_everyone()
+    save_checkpoint(run.accelerator, out, epoch, keep_checkpoints, extra={"progress.json": progress})
 
 
 def test_fold(run: RecipeRun, out: Path, fold: int, split: dict, split_embeddings: dict, cache, config: FinetuneAUConfig,

@@ -64,6 +64,9 @@ class DataConfig:
     demo_dir: str | None = None  # where the demo cache is built; null = <train.output_dir>/demo_cache
     demo_frames_per_track: int = 24
     demo_tracks_per_identity: int = 3
+    # [ours] a track mp4 that cannot be decoded gives its pairs from the next track instead of stopping the
+    # run (each bad file is reported); false: stop with the file named (the reference has no such case)
+    skip_bad_tracks: bool = False
 
 
 @dataclass
@@ -348,12 +351,13 @@ def main(argv=None) -> int:
     train_tracks, val_tracks = split_by_identity(cache.tracks, data.val_fraction, train.seed)
     sampler = FacePairSampler(train_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.pairs_per_epoch,
                               seed=train.seed, rank=rank, world_size=world)
-    loader = pair_loader(cache, sampler, train.batch_size, data.num_workers)
+    loader = pair_loader(cache, sampler, train.batch_size, data.num_workers, skip_bad_tracks=data.skip_bad_tracks)
     val_loader = None
     if train.validate and val_tracks:  # fixed pairs of held-out identities (epoch 0 of their own sampler)
         val_sampler = FacePairSampler(val_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.val_pairs,
                                       seed=train.seed + 1, rank=rank, world_size=world)
-        val_loader = pair_loader(cache, val_sampler, train.batch_size, 0, drop_last=False)
+        val_loader = pair_loader(cache, val_sampler, train.batch_size, 0, drop_last=False,
+                                 skip_bad_tracks=data.skip_bad_tracks)
     batches_per_epoch = (len(sampler) // train.batch_size) // train.grad_accum_steps * train.grad_accum_steps
     if batches_per_epoch == 0:
         raise ConfigError(f"data.pairs_per_epoch={data.pairs_per_epoch}: fewer than train.batch_size x grad_accum_steps "
@@ -376,7 +380,12 @@ def main(argv=None) -> int:
         accelerator.print(f"resumed from {resumed_from} (step {progress.step}, epoch {progress.epoch})")
     if trackers:
         accelerator.init_trackers("pretrain_tae", config={k: str(v) for k, v in config_to_dict(config)["train"].items()})
-    loss_log, val_log = run_logs(run, progress.step if resumed_from else None, ("losses.csv", "validation.csv"))
+    resumed_step = progress.step if resumed_from else None
+    # a checkpoint saved at an epoch's last step precedes that epoch's validation, which the resumed run redoes
+    redo_validation = resumed_from is not None and progress.batch_in_epoch >= batches_per_epoch \
+        and progress.step < total_steps
+    loss_log, = run_logs(run, resumed_step, ("losses.csv",))
+    val_log, = run_logs(run, resumed_step - 1 if redo_validation else resumed_step, ("validation.csv",))
     accelerator.print(f"training {total_steps} steps ({steps_per_epoch} per epoch) on {len(train_tracks)} tracks "
                       f"({len(val_tracks)} held out), {world} process(es), batch {train.batch_size} per process")
 

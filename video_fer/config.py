@@ -106,11 +106,18 @@ def merge_into(tree: dict[str, Any], updates: Mapping[str, Any], schema=None, pr
 
 
 def _check_type(dotted: str, current: Any, value: Any) -> Any:
-    """Keep numbers numbers: an int may replace a float; a string may not replace a number."""
+    """Keep numbers numbers (an int may replace a float; a string may not replace a number), lists lists."""
     if current is None or value is None:
         return value
     if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):  # "3e-4" in a YAML file
         value = float(value)
+    if isinstance(current, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {dotted!r}: expected a list like {list(current)}, got {value!r}")
+        numbers = current and all(_is_number(item) for item in current)
+        if numbers and not all(_is_number(item) for item in value):
+            raise ConfigError(f"config key {dotted!r}: expected a list of numbers like {list(current)}, got {value!r}")
+        return value
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"config key {dotted!r}: expected true/false, got {value!r}")
@@ -124,6 +131,10 @@ def _check_type(dotted: str, current: Any, value: Any) -> Any:
     if isinstance(current, int) and isinstance(value, float):
         return int(value)
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any, schema=None) -> None:

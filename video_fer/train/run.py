@@ -9,8 +9,8 @@ A recipe (``recipes/*.py``) reads top to bottom::
     ... the loop ...
     finish_run(run)
 
-and its ``__main__`` is ``sys.exit(run_recipe(main, "name"))``: video_fer's own errors end it
-with one line and exit code 2, like ``video-fer``. Pieces, not a trainer class: the recipe
+and its ``__main__`` is ``sys.exit(run_recipe(main, "name"))``: video_fer's own errors and failed
+file operations end it with one line and exit code 2, like ``video-fer`` (``--debug``: the traceback). Pieces, not a trainer class: the recipe
 keeps its loop.
 """
 from __future__ import annotations
@@ -26,22 +26,46 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from video_fer.config import config_to_dict
-from video_fer.errors import EXIT_ERROR, ConfigError, VideoFerError
-from video_fer.train.checkpoints import find_resume_checkpoint, save_checkpoint, save_final_checkpoint
+from video_fer.errors import EXIT_ERROR, CheckpointError, ConfigError, VideoFerError
+from video_fer.train.checkpoints import (damage_of, find_resume_checkpoint, latest_checkpoint, save_checkpoint,
+                                         save_final_checkpoint, set_aside)
 from video_fer.train.logs import CsvLog
 from video_fer.train.loop import (StepProgress, epoch_batches, evaluation_due, finetune_learning_rate,
                                   mean_over_processes, optimizer_step, seeded_generator)
 
+PRECISIONS = ("no", "fp16", "bf16", "fp8")  # accelerate's mixed_precision values
+
+
+class RecipeArgumentParser(argparse.ArgumentParser):
+    """Overrides anywhere on the line (``a=1 --config x.yaml b=2``), and ``--resume key=value`` keeps the override
+    an override (``--resume`` alone then means the latest checkpoint)."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        return self.parse_intermixed_args(_resume_before_override(args), namespace)
+
+
+def _resume_before_override(argv: list[str]) -> list[str]:
+    """``--resume key=value`` -> ``--resume=auto key=value`` unless ``key=value`` is an existing folder."""
+    fixed = list(argv)
+    for k, token in enumerate(fixed[:-1]):
+        following = fixed[k + 1]
+        if token == "--resume" and "=" in following and not following.startswith("-") and not Path(following).is_dir():
+            fixed[k] = "--resume=auto"
+    return fixed
 
 
 def recipe_parser(description: str, default_config: str | os.PathLike, resume_help: str | None = None
                   ) -> argparse.ArgumentParser:
-    """The command line every recipe takes: ``--config YAML``, ``--resume [CHECKPOINT]``, ``key.sub=value`` overrides."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line every recipe takes: ``--config YAML``, ``--resume [CHECKPOINT]``, ``--debug``,
+    ``key.sub=value`` overrides (anywhere on the line)."""
+    parser = RecipeArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(default_config), help="YAML config (default: %(default)s)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help=resume_help or "continue from a checkpoint folder; without a value: the latest in "
                                             "train.output_dir")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of the one-line message")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. optim.lr=3e-4")
     return parser
 
@@ -58,6 +82,8 @@ def make_accelerator(mixed_precision: str = "no", *, find_unused_parameters: boo
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    if mixed_precision not in PRECISIONS:
+        raise ConfigError(f"train.mixed_precision={mixed_precision!r}: choose one of {', '.join(PRECISIONS)}")
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu_processes, kwargs_handlers=handlers,
@@ -67,11 +93,17 @@ def make_accelerator(mixed_precision: str = "no", *, find_unused_parameters: boo
 
 @dataclass
 class RecipeRun:
-    """A started run: its accelerator, output folder and seed; ``rank`` / ``world`` of this process."""
+    """A started run: its accelerator, output folder and seed; ``rank`` / ``world`` of this process.
+
+    ``config``: the config document :meth:`record_config` writes as ``config.json`` (None: the recipe
+    records it itself).
+    """
 
     accelerator: Any
     out: Path
     seed: int
+    config: dict | None = None
+    config_recorded: bool = False
 
     @property
     def rank(self) -> int:
@@ -85,24 +117,34 @@ class RecipeRun:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def record_config(self) -> None:
+        """Write ``config.json`` into the output folder (main process, atomic, once).
+
+        Called by :func:`run_logs`, i.e. once the data and the model were built: a run that fails
+        before (a bad value, a missing input) leaves no output folder behind.
+        """
+        if self.config is None or self.config_recorded or not self.is_main:
+            return
+        from video_fer.io import atomic_write
+
+        with atomic_write(self.out / "config.json") as handle:
+            json.dump(self.config, handle, indent=2)
+        self.config_recorded = True
+
 
 def start_run(config, output_dir: str | os.PathLike, seed: int, mixed_precision: str = "no", *, threads: int = 0,
               record_config: bool = True, **accelerator_options) -> RecipeRun:
-    """Accelerator, seed (identical initial weights on every rank), output folder with ``config.json``.
+    """Accelerator and seed (identical initial weights on every rank); nothing is written yet.
 
-    ``threads``: torch intra-op threads per process (0: torch's default); ``record_config=False``:
-    the recipe records its config itself, once its inputs are read (no folder is made before);
-    ``accelerator_options`` go to :func:`make_accelerator`.
+    ``threads``: torch intra-op threads per process (0: torch's default); ``record_config``: write
+    ``config.json`` with the first logs (:meth:`RecipeRun.record_config`); False: the recipe records
+    its config itself; ``accelerator_options`` go to :func:`make_accelerator`.
     """
     if threads:
         torch.set_num_threads(threads)
     accelerator = make_accelerator(mixed_precision, **accelerator_options)
     reseed(seed)
-    out = Path(output_dir)
-    if accelerator.is_main_process and record_config:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
-    return RecipeRun(accelerator, out, seed)
+    return RecipeRun(accelerator, Path(output_dir), seed, config_to_dict(config) if record_config else None)
 
 
 def reseed(seed: int) -> None:
@@ -117,21 +159,44 @@ def resume_state(run: RecipeRun, resume: str | os.PathLike | bool | None, output
     """Load the accelerate state ``--resume`` asks for (``"auto"``/True: the latest of the output folder).
 
     Returns the checkpoint loaded, or None (no ``--resume``, or nothing saved yet: a message says so).
+    A damaged latest checkpoint (:func:`~video_fer.train.checkpoints.damage_of`) is reported, set
+    aside as ``.step_*.damaged`` and the previous one is loaded.
+
+    Raises:
+        CheckpointError: the checkpoint given by name is damaged, or every checkpoint is.
     """
     output_dir = Path(output_dir or run.out)
     found = find_resume_checkpoint(resume, output_dir)
     if resume and found is None:
         run.accelerator.print(f"--resume: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
-    if found is not None:
-        run.accelerator.load_state(str(found))
-    return found
+    while found is not None:
+        damage = damage_of(found)
+        if damage is None:
+            run.accelerator.load_state(str(found))
+            return found
+        if not (resume is True or resume == "auto"):
+            raise CheckpointError(f"--resume {found}: the checkpoint is damaged ({damage}); give an earlier "
+                                  "checkpoint folder, or --resume alone for the latest good one")
+        run.accelerator.wait_for_everyone()  # every rank has judged it before the main one moves it
+        aside = set_aside(found) if run.is_main else found.with_name(f".{found.name}.damaged")
+        run.accelerator.wait_for_everyone()
+        previous = latest_checkpoint(output_dir)
+        run.accelerator.print(f"--resume: {found} is damaged ({damage}); set aside as {aside.name}; "
+                              + (f"resuming from {previous}" if previous else "no earlier checkpoint"))
+        if previous is None:
+            raise CheckpointError(f"--resume: every checkpoint in {output_dir / 'checkpoints'} is damaged (set aside "
+                                  "as .step_*.damaged); rerun without --resume to start again")
+        found = previous
+    return None
 
 
 def run_logs(run: RecipeRun, resumed_step: int | None, names: Sequence[str] = ("losses.csv", "evaluation.csv"),
              output_dir: str | os.PathLike | None = None) -> list[CsvLog | None]:
-    """One :class:`CsvLog` per name on the main process (None elsewhere), cut after ``resumed_step``."""
+    """One :class:`CsvLog` per name on the main process (None elsewhere), cut after ``resumed_step``;
+    the run's ``config.json`` is written first (:meth:`RecipeRun.record_config`)."""
     if not run.is_main:
         return [None for _ in names]
+    run.record_config()
     return [CsvLog(Path(output_dir or run.out) / name, resume_after_step=resumed_step) for name in names]
 
 
@@ -142,11 +207,25 @@ def finish_run(run: RecipeRun) -> None:
 
 
 def run_recipe(main: Callable[[Sequence[str] | None], int], name: str, argv: Sequence[str] | None = None) -> int:
-    """``main(argv)`` with video_fer's own errors as one line on stderr and exit code 2 (like ``video-fer``)."""
+    """``main(argv)`` with video_fer's errors and failed file operations as one line on stderr, exit code 2.
+
+    The line names the input or path at fault and what to do (``OSError``: :func:`video_fer.io.describe_os_error`).
+    ``--debug`` on the command line keeps the traceback instead. With several processes each
+    process that fails prints its line, tagged with its rank.
+    """
+    from video_fer.io import describe_os_error
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return main(argv)
-    except VideoFerError as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
+        return int(main(argv) or 0)
+    except (VideoFerError, OSError) as error:
+        if "--debug" in argv:
+            raise
+        text = str(error) if isinstance(error, VideoFerError) else describe_os_error(error)
+        if "\nOriginal Traceback" in text:  # re-raised from a DataLoader worker: its message is the last line
+            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0")
+        print(f"{name}{f' [rank {rank}]' if world > 1 else ''}: error: {text}", file=sys.stderr, flush=True)
         return EXIT_ERROR
 
 

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
+from typing import ClassVar
 
+from video_fer.errors import ConfigError
 from video_fer.models.tae import TAEConfig
 
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule. Reference: sgd lr 1e-3 momentum 0.9; ours: adamw."""
+    """Optimiser and schedule. Reference: sgd lr 1e-3 momentum 0.9; ours: adamw.
+
+    Checked when the config is loaded, before any data or model is built.
+    """
+
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("cosine", "plateau", "constant")
 
     name: str = "adamw"  # "adamw" or "sgd"
     lr: float = 1e-3
@@ -21,6 +28,23 @@ class OptimConfig:
     plateau_patience: int = 3  # epochs without validation improvement before the LR drops ("plateau")
     plateau_factor: float = 0.5
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adamw", "sgd"):
+            raise ConfigError(f"optim.name={self.name!r}: choose 'adamw' or 'sgd'")
+        if self.schedule not in self.SCHEDULES:
+            raise ConfigError(f"optim.schedule={self.schedule!r}: choose {' or '.join(map(repr, self.SCHEDULES))}")
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError(f"optim.betas={self.betas!r}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr={self.lr!r}: must be > 0")
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """:class:`OptimConfig` of the head recipes: no "plateau" schedule (it follows pretraining's curriculum)."""
+
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("cosine", "constant")
 
 
 @dataclass
@@ -55,12 +79,12 @@ class FinetuneTrainConfig:
 
 def head_recipe_schema(name: str, model: type, loss: type, evaluation: type, train: type) -> type:
     """The top-level schema of a head recipe: ``data`` (:class:`~video_fer.data.expression_datasets.FaceLabelDataConfig`),
-    ``model``, ``loss``, ``optim`` (:class:`OptimConfig`), ``eval``, ``train``: a dataclass named ``name``."""
+    ``model``, ``loss``, ``optim`` (:class:`FinetuneOptimConfig`), ``eval``, ``train``: a dataclass named ``name``."""
     from video_fer.data.expression_datasets import FaceLabelDataConfig
 
-    sections = (("data", FaceLabelDataConfig), ("model", model), ("loss", loss), ("optim", OptimConfig),
+    sections = (("data", FaceLabelDataConfig), ("model", model), ("loss", loss), ("optim", FinetuneOptimConfig),
                 ("eval", evaluation), ("train", train))
     return make_dataclass(name, [(key, kind, field(default_factory=kind)) for key, kind in sections])
 
 
-__all__ = ["FinetuneModelConfig", "FinetuneTrainConfig", "OptimConfig", "head_recipe_schema"]
+__all__ = ["FinetuneModelConfig", "FinetuneOptimConfig", "FinetuneTrainConfig", "OptimConfig", "head_recipe_schema"]
