@@ -366,10 +366,13 @@ def test_commands_report_filesystem_faults_in_one_line(fault, tmp_path, bundle_d
         assert_one_line_error(result, named, f"video-fer {command}: error: ")
 
 
-@pytest.mark.parametrize("command", ["prepare", "evaluate", "bundle"])
-def test_commands_report_a_file_size_limit_in_one_line(command, tmp_path, upright_clip, corpus_dir):
+@pytest.mark.parametrize("command", ["prepare", "track", "evaluate", "bundle"])
+def test_commands_report_a_file_size_limit_in_one_line(command, tmp_path, upright_clip, upright_24, bundle_dir,
+                                                       mediapipe):
     """A real EFBIG (RLIMIT_FSIZE in the child): what a full disk looks like to every writer."""
-    inputs = {"evaluate": ["evaluate", B.au_run(tmp_path / "run"), "--out", tmp_path / "out"]}
+    inputs = {"evaluate": ["evaluate", B.au_run(tmp_path / "run"), "--out", tmp_path / "out"],
+              "track": ["track", upright_24, "--model", bundle_dir, "--landmarker-model", mediapipe, "--no-progress",
+                        "-o", tmp_path / "out" / "t.csv"]}
     if command == "prepare":
         landmarks = tmp_path / "landmarks"
         landmarks.mkdir()
@@ -381,6 +384,35 @@ def test_commands_report_a_file_size_limit_in_one_line(command, tmp_path, uprigh
         inputs[command] = ["bundle", "--encoder", parts["encoder"], "--au", parts["head_au"], "-o", tmp_path / "out"]
     result = child([sys.executable, "-m", "video_fer.cli", *inputs[command]], preexec=B.file_size_limit(2_000))
     assert_one_line_error(result, tmp_path / "out", "file too large (file size limit 2000 bytes)")
+
+
+def test_disk_full_while_writing_a_table_or_a_log_names_it(tmp_path):
+    from video_fer.track.table import CsvTableWriter
+    from video_fer.train.logs import CsvLog
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            return False
+
+    import csv
+
+    table = CsvTableWriter(tmp_path / "t.csv", ["frame"])
+    table._writer = csv.writer(FullDisk())  # the disk fills mid-clip
+    with pytest.raises(OutputError, match=rf"{tmp_path / 't.csv'}: no space left on device"):
+        table.write({"frame": np.arange(3)})
+    table.close(ok=False)
+    assert list(tmp_path.iterdir()) == []  # the temp file is gone
+    log = CsvLog(tmp_path / "losses.csv")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("builtins.open", lambda *args, **kwargs: FullDisk())
+        with pytest.raises(OutputError, match=rf"{tmp_path / 'losses.csv'}: no space left on device"):
+            log.write({"step": 1})
 
 
 def test_disk_full_while_saving_a_model_says_so_with_the_path(monkeypatch, tmp_path):

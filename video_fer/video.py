@@ -305,7 +305,11 @@ class VideoReader:
             for index, frame in self._stream(start, end):
                 if (index - start) % step:
                     continue
-                pending.append(_display_pixels(frame))
+                pixels = _display_pixels(frame)
+                if pixels.shape[:2] != (self.height, self.width):  # e.g. a PyAV too old to report rotations
+                    raise VideoReadError(f"{self.path}: PyAV decodes {pixels.shape[1]}x{pixels.shape[0]} frames but "
+                                         f"the display is {self.width}x{self.height}; update PyAV (pip install -U av)")
+                pending.append(pixels)
                 if len(pending) == batch_size:
                     yield wanted[delivered:delivered + batch_size], torch.from_numpy(np.stack(pending))
                     delivered, pending = delivered + batch_size, []

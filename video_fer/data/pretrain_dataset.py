@@ -64,7 +64,9 @@ class FacePairDataset(Dataset):
         if not self.skip_bad_tracks or self.sampler is None:
             return self.cache.read_frames(track_id, [frame_a, frame_b])
         ids, lengths = self.sampler.track_ids, self.sampler.num_frames
-        start = ids.index(track_id)
+        if getattr(self, "_row_of", None) is None:
+            self._row_of = {track: row for row, track in enumerate(ids)}
+        start = self._row_of[track_id]
         for step in range(len(ids)):
             row = (start + step) % len(ids)
             candidate, last = ids[row], int(lengths[row]) - 1

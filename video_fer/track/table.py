@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from video_fer.errors import ConfigError, VideoFerError
-from video_fer.io import atomic_path, atomic_write
+from video_fer.io import atomic_path, atomic_write, reporting_write_errors
 from video_fer.track.default_columns import group_columns
 
 BASE_COLUMNS = ("frame", "timestamp", "face_id", "confidence", "success")
@@ -113,7 +113,8 @@ class CsvTableWriter:
         self._writer.writerow(self.columns)
 
     def write(self, chunk: Mapping[str, np.ndarray]) -> None:
-        self._writer.writerows(zip(*[_format_column(chunk[name], name) for name in self.columns]))
+        with reporting_write_errors(self.path):  # e.g. the disk fills mid-clip: name the table
+            self._writer.writerows(zip(*[_format_column(chunk[name], name) for name in self.columns]))
 
     def close(self, ok: bool = True) -> None:
         if ok:
@@ -153,9 +154,10 @@ class ParquetTableWriter:
         table = pa.Table.from_arrays(arrays, names=self.columns)
         if self.metadata is not None:
             table = table.replace_schema_metadata({"video_fer": json.dumps(self.metadata)})
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(str(self._tmp), table.schema)
-        self._writer.write_table(table)
+        with reporting_write_errors(self.path):
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(str(self._tmp), table.schema)
+            self._writer.write_table(table)
 
     def close(self, ok: bool = True) -> None:
         if self._writer is not None:

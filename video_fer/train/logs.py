@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from video_fer.io import atomic_path
+from video_fer.io import atomic_path, reporting_write_errors
 
 
 class CsvLog:
@@ -43,7 +43,7 @@ class CsvLog:
         new_file = not self.path.exists()
         if self.columns is None:
             self.columns = list(values)
-        with open(self.path, "a", newline="") as handle:
+        with reporting_write_errors(self.path), open(self.path, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
             if new_file:
                 writer.writeheader()
