@@ -606,6 +606,39 @@ def test_track_keeps_the_rows_of_a_stream_that_ends_early(corpus_dir, upright_cl
     assert read_table(tmp_path / "t.csv")["frame"].tolist() == list(range(decodable))
 
 
+def test_batches_held_for_a_person_decision_are_kept_when_the_stream_ends_early():
+    """A batch waiting for a new face's person (track's stage 1) still gives its frames when the stream stops."""
+    from video_fer.faces.boxes import boxes_from_points
+    from video_fer.faces.identity import PersonTracker
+    from video_fer.faces.types import Face
+    from video_fer.track.stages import with_person_ids
+    from video_fer.video import StreamEndedError
+
+    base = np.random.default_rng(0).uniform(0, 60, (68, 2)).astype(np.float32)
+
+    def face_at(x: float) -> Face:
+        landmarks = base + np.array([x, 100], np.float32)
+        return Face(box=boxes_from_points(landmarks[None])[0], score=0.9, landmarks=landmarks)
+
+    def chunk(first: int, faces_per_frame: list) -> SimpleNamespace:
+        indices = np.arange(first, first + len(faces_per_frame))
+        return SimpleNamespace(frame_indices=indices, timestamps=indices / 25.0,
+                               frames=np.zeros((len(indices), 8, 8, 3), np.uint8), faces=faces_per_frame,
+                               source=np.zeros(len(indices), np.int8))
+
+    def stream():
+        yield chunk(0, [[face_at(100)] for _ in range(8)])  # one person, confirmed after 5 faces
+        yield chunk(8, [[face_at(100), face_at(400)] for _ in range(2)])  # a second face: undecided when it stops
+        raise StreamEndedError("decoding stopped after frame 9 of 40", 9)
+
+    batches = []
+    with pytest.raises(StreamEndedError, match="frame 9"):
+        for batch in with_person_ids(stream(), PersonTracker(25.0, min_frames=5)):
+            batches.append(batch)
+    assert [b.frame_indices.tolist() for b in batches] == [list(range(8)), [8, 9]]
+    assert batches[1].face_ids.tolist() == [0, 0]  # the first person's faces; the 2-face track is dropped
+
+
 def test_track_removes_a_stale_temp_file_and_refuses_o_csv_with_two_clips(upright_24, upright_clip, bundle_dir,
                                                                           mediapipe, tmp_path, video_fer):
     stale = B.stale_track_temp(tmp_path, "t.csv")

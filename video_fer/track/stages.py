@@ -139,24 +139,31 @@ def with_person_ids(chunks: Iterator, people: PersonTracker) -> Iterator[FaceBat
     """Landmarked chunks (:class:`~video_fer.faces.keyframes.LandmarkedFrames`) -> FaceBatches with person ids.
 
     A batch is held until every face in it has its person decided (confirmed or dropped as too short), then
-    yielded with the dropped faces removed; the last ones when the clip ends.
+    yielded with the dropped faces removed; the last ones when the clip ends, also when its stream stops early
+    (the :class:`~video_fer.video.StreamEndedError` is raised again after them).
     """
     held: list[FaceBatch] = []
-    for chunk in chunks:
-        positions, found, track_ids = [], [], []
-        for position, (frame_index, faces) in enumerate(zip(chunk.frame_indices, chunk.faces)):
-            track_ids += people.update(int(frame_index), faces, np.asarray(chunk.frames[position]))
-            positions += [position] * len(faces)
-            found += faces
-        held.append(FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, np.asarray(positions, np.int64),
-                              np.asarray([f.landmarks for f in found], np.float32).reshape(-1, 68, 2),
-                              np.asarray([f.score for f in found], np.float32), np.asarray(track_ids, np.int64),
-                              landmark_source=chunk.source, faces=found))
-        while held and all(people.decided(int(track_id)) for track_id in held[0].face_ids):
-            yield _person_batch(held.pop(0), people)
+    ended = None
+    try:
+        for chunk in chunks:
+            positions, found, track_ids = [], [], []
+            for position, (frame_index, faces) in enumerate(zip(chunk.frame_indices, chunk.faces)):
+                track_ids += people.update(int(frame_index), faces, np.asarray(chunk.frames[position]))
+                positions += [position] * len(faces)
+                found += faces
+            held.append(FaceBatch(chunk.frame_indices, chunk.timestamps, chunk.frames, np.asarray(positions, np.int64),
+                                  np.asarray([f.landmarks for f in found], np.float32).reshape(-1, 68, 2),
+                                  np.asarray([f.score for f in found], np.float32), np.asarray(track_ids, np.int64),
+                                  landmark_source=chunk.source, faces=found))
+            while held and all(people.decided(int(track_id)) for track_id in held[0].face_ids):
+                yield _person_batch(held.pop(0), people)
+    except StreamEndedError as error:  # the batches decoded before the end still get their rows
+        ended = error
     people.finish()
     while held:
         yield _person_batch(held.pop(0), people)
+    if ended is not None:
+        raise ended
 
 
 def _person_batch(batch: FaceBatch, people: PersonTracker) -> FaceBatch:
