@@ -270,6 +270,30 @@ def test_a_skipped_video_is_printed_and_retried_when_its_file_changes(tmp_path, 
     assert not needs_retry({"status": "ok"}, videos / "clip.mp4", True)
 
 
+def test_prepare_finishes_the_others_then_exits_1_naming_the_unreadable_video(tmp_path, upright_clip, video_fer):
+    videos, landmarks = tmp_path / "videos", tmp_path / "landmarks"
+    videos.mkdir()
+    landmarks.mkdir()
+    for name in ("good", "bad"):
+        (landmarks / f"{name}.csv").write_bytes(B.shared_file(*B.OPENFACE_CSV).read_bytes())
+    (videos / "good.mp4").write_bytes(upright_clip.read_bytes())
+    B.text_as_video(videos).rename(videos / "bad.mp4")
+    command = ("prepare", videos, "--out", tmp_path / "cache", "--landmarker", "precomputed", "--landmarks-dir",
+               landmarks, "--no-progress")
+    first = video_fer(*command)
+    assert_one_line_error(first, f"{videos / 'bad.mp4'}: skipped: ", "1 of the 2 video(s) could not be read",
+                          "skipped.csv", code=1)
+    assert "good.mp4: skipped" not in first.text and "2 video(s) processed (1 with tracks, 1 skipped)" in first.out
+    manifests = tmp_path / "cache" / "manifests"
+    assert json.loads((manifests / "good.json").read_text())["status"] == "ok"
+    assert json.loads((manifests / "bad.json").read_text())["status"] == "skipped"
+    (videos / "bad.mp4").write_bytes(upright_clip.read_bytes())  # replaced: the rerun retries it, and only it
+    second = video_fer(*command)
+    assert second.code == 0 and "1 video(s) processed (1 with tracks, 0 skipped), 1 already done" in second.out, \
+        second.text
+    assert json.loads((manifests / "bad.json").read_text())["status"] == "ok"
+
+
 def test_prepare_prints_every_skip_and_exits_1_when_no_input_could_be_read(broken_videos, tmp_path, mediapipe,
                                                                             video_fer):
     result = video_fer("prepare", broken_videos["empty"], broken_videos["not_a_video"], "--out", tmp_path / "cache",

@@ -72,8 +72,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(f"{args.out}: {summary.processed} video(s) processed ({summary.ok} with tracks, {summary.skipped} skipped), "
           f"{summary.already_done} already done, {summary.tracks} new track(s), {summary.frames} frames "
           f"in {summary.seconds:.1f} s ({rate:.1f} frames/s)")
-    if summary.processed and summary.unreadable == summary.processed:
-        print(f"video-fer prepare: none of the {summary.processed} video(s) could be read (reasons above, also in "
-              f"{args.out}/skipped.csv); fix or replace them and rerun", file=sys.stderr)
+    if summary.unreadable:  # the others are in the cache; exit 1 so that scripts notice, as track does
+        which = (f"none of the {summary.processed} video(s) could be read" if summary.unreadable == summary.processed
+                 else f"{summary.unreadable} of the {summary.processed} video(s) could not be read")
+        print(f"video-fer prepare: {which} (reasons above, also in {args.out}/skipped.csv); fix or replace them and "
+              f"rerun: changed files are retried", file=sys.stderr)
         return 1
     return 0
