@@ -70,7 +70,6 @@ def write_metadata(table_path: str | os.PathLike, metadata: Mapping) -> Path:
     path = metadata_path(table_path)
     with atomic_write(path) as handle:
         json.dump(metadata, handle, indent=2)
-    _readable_by_all(path)
     return path
 
 
