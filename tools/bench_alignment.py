@@ -2,8 +2,9 @@
 
 A real face (``single_face.mp4``, frame 0) is scaled so that it is FACE px tall (landmark
 extent, as the face sizes elsewhere in the project) in a frame big enough to hold it, and ``--faces`` copies of it are aligned in one call by
-``align_in_regions`` (prepare's path) with ``shrink_first=True`` (default since issue 14) and
-``False`` (the full-resolution Gaussian before), and by ``shrink_then_align`` (track's path).
+``align_in_regions`` (prepare's path) with ``shrink_first=True`` (default: each window resized by the exact
+factor that leaves the warp at most a 1.5x shrink) and ``False`` (the full-resolution Gaussian before), and by
+``shrink_then_align`` (track's path, the same crops as floats).
 Prints CPU ms per face (the best of ``--repeat`` paired runs, one torch thread) and how far the
 crops of the two prepare paths are apart (grey levels of 255); the matrices are the same (tested).
 
