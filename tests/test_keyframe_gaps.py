@@ -135,3 +135,30 @@ def test_keyframes_lose_no_face_every_frame_landmarking_finds(small_moving, zoom
     keyframed, _ = find_faces_with_keyframes(zoom, clip.frames, clip.timestamps, every)
     assert len(found_every_frame) >= 86
     assert found_every_frame <= found_frames(clip, keyframed)
+
+
+def test_keyframes_tell_a_searching_landmarker_how_far_apart_its_calls_are():
+    class Searching(Following):
+        def start_clip(self, source=None, fps=None):
+            self.spacing = 1  # as ZoomFaceFinder: a new clip starts at one call a frame
+
+        def keyframe_every(self, every):
+            self.spacing = every
+
+    landmarker = Searching(lambda i: [])
+    for every in (1, 3):
+        push_clip(landmarker, every)
+        assert landmarker.spacing == every
+
+
+@pytest.mark.parametrize("every", sorted({2, DEFAULT_LANDMARK_EVERY}))
+def test_a_face_returning_between_keyframes_is_found_as_on_every_frame(shared_media, zoom, every):
+    """cutout_long: the face is gone 3 s and comes back where it left, a 100 px face in 1280x720 that only the tile
+    search finds; on keyframes the search keeps its rate per frame, so the face is found as soon as on every frame
+    (it was found ~2 s late at every 3: the search advanced one step per keyframe)."""
+    clip = build_clip("cutout_long", shared_media, length=165)
+    every_frame, _ = find_faces_in_frames(zoom, clip.frames, clip.timestamps)
+    keyframed, _ = find_faces_with_keyframes(zoom, clip.frames, clip.timestamps, every)
+    returned = {t for t in found_frames(clip, every_frame) if t >= 130}
+    assert len(returned) >= 25  # the face is back from frame 130 and every-frame landmarking refinds it
+    assert found_frames(clip, every_frame) <= found_frames(clip, keyframed)

@@ -207,6 +207,9 @@ class KeyframeLandmarks:
         """New clip: forget buffered frames and the previous keyframe; restart the landmarkers."""
         self._reset()
         self.landmarker.start_clip(source, fps)
+        calls_every = getattr(self.landmarker, "keyframe_every", None)
+        if calls_every is not None:  # a searching landmarker keeps its search rate per frame, not per call
+            calls_every(self.every)
         if self._gap is not None and self._gap is not self.landmarker:
             self._gap.start_clip(source, fps)
 

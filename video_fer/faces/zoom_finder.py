@@ -23,7 +23,8 @@ What runs on each call (frames in clip order, as MediaPipe's VIDEO mode):
 3. **Search**: the bundle's face detector on square tiles small enough to see ``min_face`` px
    faces (:class:`TilePlan`), ``tiles_per_call`` tiles per call in rotation (0.5: one tile every
    other call, ~+9 % of MediaPipe alone's CPU); every tile on the first call of a clip and after
-   a cut (a large change of a thumbnail of the frame).
+   a cut (a large change of a thumbnail of the frame). Called on keyframes only
+   (:meth:`ZoomFaceFinder.keyframe_every`), it scans as many tiles per frame as on every frame.
 
 Every face carries ``follow_id``: the finder's number for it, the same on consecutive calls
 as long as the finder follows the same face (across handovers). Keyframe interpolation pairs
@@ -59,6 +60,11 @@ THUMBNAIL_ROWS = 24
 MIN_CROP, MAX_CROP = 192, 384  # crop sizes given to a follower (px)
 REZOOM_RATIO = 1.3  # a follower's crop side changes only when its face's size changed this much
 MAX_SIZE_CHANGE = 1.5  # a follower's face changing size more than this from one call to the next is not its face
+TILE_CELLS = 8  # a tile's thumbnail is TILE_CELLS x TILE_CELLS cell means
+# [ours] a tile with no face at its last scan is skipped while no cell mean changed by this many grey levels (a face
+# walking in changes the cells it covers by tens of levels; video noise moves them by 1-2): the detector on the same
+# pixels gives the same answer, so the search costs little on still backgrounds
+TILE_UNCHANGED = 8.0
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
@@ -116,6 +122,13 @@ class TilePlan:
             chosen.append(self.levels[level][self._cursors[level] % len(self.levels[level])])
             self._cursors[level] += 1
         return chosen
+
+
+def _tile_thumbnail(image: np.ndarray) -> np.ndarray:
+    """float32 ``(TILE_CELLS, TILE_CELLS, 3)`` mean colours of a tile's cells (a 40 px face fills a cell or two)."""
+    import cv2
+
+    return cv2.resize(image, (TILE_CELLS, TILE_CELLS), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
 def crop_square(frame: np.ndarray, centre, side: float, size: int) -> tuple[np.ndarray, float, np.ndarray]:
@@ -252,10 +265,11 @@ class ZoomFaceFinder:
         self._plan: TilePlan | None = None
         self._call = 0
         self._next_id = 0
-        self._tile_credit = 0.0
+        self._frames_per_call = 1
+        self._empty_tiles: dict[tuple[int, int, int], np.ndarray] = {}  # tile -> its thumbnail when it had no face
         self._thumbnail: np.ndarray | None = None
         self._previous: dict[int, list] = {}  # follow id -> [(call, box)] of faces the whole-frame landmarker returned
-        self.calls = {"whole": 0, "follower": 0, "detector": 0}
+        self.calls = {"whole": 0, "follower": 0, "detector": 0, "skipped": 0}
 
     def start_clip(self, source: str | None = None, fps: float | None = None) -> None:
         """New clip: forget every face and restart the landmarkers' clocks."""
@@ -267,6 +281,15 @@ class ZoomFaceFinder:
             self._tasks.remove(landmarker)
         self._idle = []
         self._last_ms = {}
+
+    def keyframe_every(self, every: int) -> None:
+        """The calls of this clip (until the next :meth:`start_clip`) come one every ``every`` processed frames, as
+        :class:`~video_fer.faces.keyframes.KeyframeLandmarks` makes them: the search then scans ``every`` x
+        ``tiles_per_call`` tiles a call, so it sweeps the frame in as many frames as on every frame, and a face that
+        walks in is found on the first keyframe at or after the frame where every-frame landmarking finds it."""
+        if int(every) != every or every < 1:
+            raise ValueError(f"keyframe_every({every!r}): expected an integer >= 1")
+        self._frames_per_call = int(every)
 
     def close(self) -> None:
         """Close every MediaPipe task (safe to call twice)."""
@@ -396,16 +419,29 @@ class ZoomFaceFinder:
 
     def _search(self, frame: np.ndarray, call: int, timestamp: float, found: list[Face], everything: bool) -> None:
         """Detector on this call's tiles; a face nobody covers gets a follower."""
-        if everything:
+        # The tiles due are those of the processed frames since the previous call, a fixed rotation keyed on the
+        # frame's position: on keyframes the search scans, a few frames later, the tiles every frame would have.
+        rate = self.tiles_per_call * self._frames_per_call
+        due = int(np.floor(rate * call) - np.floor(rate * (call - 1))) if call else 0
+        tiles = self._plan.next_tiles(due)
+        if everything:  # the rotation moves on all the same, so that it stays in step with every-frame landmarking
             tiles = self._plan.tiles
-        else:
-            self._tile_credit += self.tiles_per_call
-            due = int(self._tile_credit)
-            self._tile_credit -= due
-            tiles = self._plan.next_tiles(due)
+        if everything:
+            self._empty_tiles = {}
         detections = []
-        for x0, y0, side in tiles:
-            for box, score in self._detect(np.ascontiguousarray(frame[y0:y0 + side, x0:x0 + side])):
+        for tile in tiles:
+            x0, y0, side = tile
+            image = np.ascontiguousarray(frame[y0:y0 + side, x0:x0 + side])
+            thumbnail = _tile_thumbnail(image)
+            before = self._empty_tiles.pop(tile, None)
+            if before is not None and float(np.abs(thumbnail - before).max()) < TILE_UNCHANGED:
+                self._empty_tiles[tile] = before  # no face at its last scan and nothing moved in since: skip it
+                self.calls["skipped"] += 1
+                continue
+            found_here = self._detect(image)
+            if not found_here:
+                self._empty_tiles[tile] = thumbnail
+            for box, score in found_here:
                 detections.append((box + np.array([x0, y0, x0, y0]), score))
         detections.sort(key=lambda item: -item[1])
         for box, score in detections:
