@@ -154,6 +154,23 @@ def test_ordinary_clip_uses_the_whole_frame_landmarker_only(media, zoom):
 
 
 @needs_shared
+def test_a_still_empty_tile_is_skipped_until_a_face_walks_in(media, zoom):
+    """On a still background the search skips tiles that had no face and did not change; a 60 px face pasted into
+    one of them (too small for the whole-frame detector in 640x360) changes it, so it is searched and found."""
+    background = media.background(0, 640, 360)
+    frames = np.repeat(background[None], 80, axis=0)
+    source = media.frames("data/videos/single_face.mp4")
+    boxes = [paste_face(frames[t], source[t], (217, 100, 368, 291), 60, (470, 250)) for t in range(40, 80)]
+    faces, _ = find_faces_in_frames(zoom, frames[:40], np.arange(40) / 25.0)
+    assert all(f == [] for f in faces) and zoom.calls["skipped"] >= 10  # nothing moved: tiles are skipped
+    faces, _ = find_faces_in_frames(zoom, frames, np.arange(80) / 25.0)
+    found = [t for t in range(40, 80)
+             if match_faces({0: (boxes[t - 40], 1.0)}, np.array([f.box for f in faces[t]]).reshape(-1, 4))[0]]
+    rotation = 2 * len(TilePlan(360, 640, 40).tiles)  # frames for every tile to come round once at 0.5 a frame
+    assert found and found[0] <= 40 + rotation and len(found) >= 40 - rotation, found
+
+
+@needs_shared
 def test_frames_out_of_order_probe_and_landmark_at(media, zoom):
     clip = build_clip("small_moving", media, length=3)
     frame, (box, _) = clip.frames[2], clip.truth[2][0]

@@ -198,8 +198,10 @@ class ZoomFaceFinder:
         model_path: the ``face_landmarker.task`` bundle (as :class:`~video_fer.faces.mediapipe_backend.MediaPipeLandmarker`).
         num_faces: most faces returned per frame (whole-frame faces and followers together).
         min_face: smallest face (px, mesh box height) the tile search must find.
-        tiles_per_call: tiles searched per call after the first (0.5 = one tile every other call; 0 = no search
-            except on the first call and after cuts).
+        tiles_per_call: tiles searched per processed frame after the first (0.5 = one tile every other frame; 0 = no
+            search except on the first call and after cuts); a call on keyframes ``every`` frames apart
+            (:meth:`keyframe_every`) searches ``every`` times as many. Tiles with no face at their last scan are skipped
+            while their content stays the same (``TILE_UNCHANGED``).
         crop_scale: a follower's crop side over its face's size.
         max_lost_calls: a follower that misses its face this many calls in a row stops.
         max_jump: a follower's new face must lie within this many face sizes (centre to centre) of the segment from
@@ -210,7 +212,8 @@ class ZoomFaceFinder:
         min_presence_confidence, min_tracking_confidence, blendshapes, box_padding, detector_scores, download:
             as :class:`~video_fer.faces.mediapipe_backend.MediaPipeLandmarker` (the whole-frame landmarker).
 
-    Counters since the start of the clip: ``calls`` (``{"whole": n, "follower": n, "detector": n}``).
+    Counters since the start of the clip: ``calls`` (``{"whole": n, "follower": n, "detector": n, "skipped": n}``,
+    skipped: unchanged empty tiles not searched).
     """
 
     name = "mediapipe-zoom"
@@ -425,9 +428,7 @@ class ZoomFaceFinder:
         due = int(np.floor(rate * call) - np.floor(rate * (call - 1))) if call else 0
         tiles = self._plan.next_tiles(due)
         if everything:  # the rotation moves on all the same, so that it stays in step with every-frame landmarking
-            tiles = self._plan.tiles
-        if everything:
-            self._empty_tiles = {}
+            tiles, self._empty_tiles = self._plan.tiles, {}
         detections = []
         for tile in tiles:
             x0, y0, side = tile
