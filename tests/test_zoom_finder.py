@@ -190,3 +190,5 @@ def test_close_twice_and_reject_bad_frames(media):
     finder.close()
     with pytest.raises(ValueError, match="min_face"):
         create_landmarker("mediapipe-zoom", model_path=MODEL, min_face=0, download=False)
+    with pytest.raises(ValueError, match="tile_unchanged=-1"):
+        create_landmarker("mediapipe-zoom", model_path=MODEL, tile_unchanged=-1, download=False)

@@ -61,9 +61,8 @@ MIN_CROP, MAX_CROP = 192, 384  # crop sizes given to a follower (px)
 REZOOM_RATIO = 1.3  # a follower's crop side changes only when its face's size changed this much
 MAX_SIZE_CHANGE = 1.5  # a follower's face changing size more than this from one call to the next is not its face
 TILE_CELLS = 8  # a tile's thumbnail is TILE_CELLS x TILE_CELLS cell means
-# [ours] a tile with no face at its last scan is skipped while no cell mean changed by this many grey levels (a face
-# walking in changes the cells it covers by tens of levels; video noise moves them by 1-2): the detector on the same
-# pixels gives the same answer, so the search costs little on still backgrounds
+# default tile_unchanged: an empty tile is searched again once a cell mean changed by this many grey levels (the
+# detector on the same pixels gives the same answer, so the search costs little on still backgrounds)
 TILE_UNCHANGED = 8.0
 
 
@@ -201,13 +200,16 @@ class ZoomFaceFinder:
         tiles_per_call: tiles searched per processed frame after the first (0.5 = one tile every other frame; 0 = no
             search except on the first call and after cuts); a call on keyframes ``every`` frames apart
             (:meth:`keyframe_every`) searches ``every`` times as many. Tiles with no face at their last scan are skipped
-            while their content stays the same (``TILE_UNCHANGED``).
+            while their content stays the same (``tile_unchanged``).
         crop_scale: a follower's crop side over its face's size.
         max_lost_calls: a follower that misses its face this many calls in a row stops.
         max_jump: a follower's new face must lie within this many face sizes (centre to centre) of the segment from
             its last face to its prediction, unless it was lost (another face in the crop is not its face).
         search_confidence: detector score for a tile detection to start a follower (also the probe's). [ours] 0.7:
             on the generated clips small, turned and group faces scored 0.85-0.96 in tiles, cartoon scenery up to 0.69.
+        tile_unchanged: [ours] a tile with no face at its last scan is skipped while none of its 8x8 cell means
+            changed by this many grey levels (8: a face walking in changes its cells by tens, video noise by 1-2);
+            0 searches every tile when it comes round.
         min_detection_confidence: MediaPipe's, for the landmarkers' own detectors (whole frame and crops).
         min_presence_confidence, min_tracking_confidence, blendshapes, box_padding, detector_scores, download:
             as :class:`~video_fer.faces.mediapipe_backend.MediaPipeLandmarker` (the whole-frame landmarker).
@@ -220,16 +222,18 @@ class ZoomFaceFinder:
 
     def __init__(self, model_path: str | Path | None = None, num_faces: int = 8, min_face: float = 40.0,
                  tiles_per_call: float = 0.5, crop_scale: float = 2.0, max_lost_calls: int = 15,
-                 max_jump: float = 1.0, search_confidence: float = 0.7, min_detection_confidence: float = 0.5,
+                 max_jump: float = 1.0, search_confidence: float = 0.7, tile_unchanged: float = TILE_UNCHANGED,
+                 min_detection_confidence: float = 0.5,
                  min_presence_confidence: float = 0.5, min_tracking_confidence: float = 0.5, blendshapes: bool = True,
                  box_padding: float = 0.0, detector_scores: bool = True, download: bool = True):
         from mediapipe.tasks.python import BaseOptions, vision
 
-        if min_face <= 0 or tiles_per_call < 0 or crop_scale < 1 or max_lost_calls < 0 or num_faces < 1:
+        if (min_face <= 0 or tiles_per_call < 0 or crop_scale < 1 or max_lost_calls < 0 or num_faces < 1
+                or tile_unchanged < 0):
             raise ValueError(f"ZoomFaceFinder: need min_face > 0, tiles_per_call >= 0, crop_scale >= 1, "
-                             f"max_lost_calls >= 0, num_faces >= 1; got min_face={min_face}, "
+                             f"max_lost_calls >= 0, num_faces >= 1, tile_unchanged >= 0; got min_face={min_face}, "
                              f"tiles_per_call={tiles_per_call}, crop_scale={crop_scale}, "
-                             f"max_lost_calls={max_lost_calls}, num_faces={num_faces}")
+                             f"max_lost_calls={max_lost_calls}, num_faces={num_faces}, tile_unchanged={tile_unchanged}")
         self.whole = MediaPipeLandmarker(
             model_path, mode="video", num_faces=num_faces, min_detection_confidence=min_detection_confidence,
             min_presence_confidence=min_presence_confidence, min_tracking_confidence=min_tracking_confidence,
@@ -239,6 +243,7 @@ class ZoomFaceFinder:
         self.tiles_per_call, self.crop_scale = float(tiles_per_call), float(crop_scale)
         self.max_lost_calls, self.max_jump = int(max_lost_calls), float(max_jump)
         self.min_detection_confidence, self.search_confidence = float(min_detection_confidence), float(search_confidence)
+        self.tile_unchanged = float(tile_unchanged)
         self.min_presence_confidence = float(min_presence_confidence)
         self.min_tracking_confidence = float(min_tracking_confidence)
         self.blendshapes, self.box_padding = bool(blendshapes), float(box_padding)
@@ -435,7 +440,7 @@ class ZoomFaceFinder:
             image = np.ascontiguousarray(frame[y0:y0 + side, x0:x0 + side])
             thumbnail = _tile_thumbnail(image)
             before = self._empty_tiles.pop(tile, None)
-            if before is not None and float(np.abs(thumbnail - before).max()) < TILE_UNCHANGED:
+            if before is not None and float(np.abs(thumbnail - before).max()) < self.tile_unchanged:
                 self._empty_tiles[tile] = before  # no face at its last scan and nothing moved in since: skip it
                 self.calls["skipped"] += 1
                 continue
