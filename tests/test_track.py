@@ -430,3 +430,25 @@ def test_other_landmarkers_give_pose_from_68_points_and_refuse_the_mediapipe_onl
                      f"landmarks_dir={tmp_path}", "-o", str(tmp_path / "out"), "--no-progress"])
     assert code == 2
     assert "gaze, au, expression need MediaPipe's" in capsys.readouterr().err
+
+
+def test_exact_alignment_gives_the_reference_crops_of_a_large_face():
+    """--exact-alignment: the full-resolution Gaussian path; the default shrinks first (a face 3x the crop)."""
+    from types import SimpleNamespace
+
+    from video_fer.faces.alignment import CANONICAL_LANDMARKS_68, AlignmentSpec
+    from video_fer.faces.crops import align_in_regions
+    from video_fer.track.stages import align_batch
+
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (1, 480, 480, 3), dtype=torch.uint8, generator=generator)
+    landmarks = torch.from_numpy(CANONICAL_LANDMARKS_68 * 384 + 48).float()[None]  # a face 3x the 128 px crop
+    batch = SimpleNamespace(frames=frames, landmarks=landmarks.numpy(), positions=np.zeros(1, dtype=np.int64))
+    spec = AlignmentSpec(size=128)
+    reference, _, reference_landmarks = align_in_regions(frames, landmarks, torch.zeros(1, dtype=torch.int64), spec,
+                                                         shrink_first=False)
+    exact, exact_landmarks = align_batch(batch, spec, exact_alignment=True)
+    fast, fast_landmarks = align_batch(batch, spec)
+    assert torch.equal(exact, reference.permute(0, 3, 1, 2).float() / 255)
+    assert torch.allclose(exact_landmarks, fast_landmarks, atol=1e-4)  # same geometry
+    assert (exact - fast).abs().max() > 0  # two different samplings of the same face

@@ -95,7 +95,7 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
     names = ("decode", "landmarks (MediaPipe alone on every frame)", f"landmarks ({front_end} on every frame)",
              landmarks_name, "person ids",
              "confidence (detector every 8th frame)", "default columns (pose, gaze, AUs, expression)",
-             "rows + CSV", "align (fast)", "align (exact, as prepare)", "network (bundle)")
+             "rows + CSV", "align (fast)", "align (exact, reference)", "network (bundle)")
     costs = dict.fromkeys(names, 0.0)
     def front(name):
         return create_landmarker(name, **{**default_landmarker_options(name, blendshapes=True),
@@ -138,7 +138,8 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
         landmarks, positions = torch.from_numpy(landmarks), torch.from_numpy(positions)
         crops, crop_landmarks = timed("align (fast)", shrink_then_align, chunk.frames, landmarks, positions,
                                       bundle.alignment)
-        timed("align (exact, as prepare)", align_in_regions, chunk.frames, landmarks, positions, bundle.alignment)
+        timed("align (exact, reference)", align_in_regions, chunk.frames, landmarks, positions, bundle.alignment,
+              shrink_first=False)
         images = crops.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             timed("network (bundle)", bundle, images, crop_landmarks)

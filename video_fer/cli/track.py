@@ -50,7 +50,8 @@ def add_track_command(subparsers) -> None:
                         help="network arithmetic: bfloat16 is ~2x faster on CPUs with native bfloat16 "
                              "(AVX512-BF16, AMX); outputs move by ~1e-3")
     parser.add_argument("--exact-alignment", action="store_true",
-                        help="crop exactly as `prepare` does (full-resolution anti-aliasing; slower at 128 px)")
+                        help="reference crops: full-resolution anti-aliasing (slower on large faces; "
+                             "default: prepare's crops, shrunk first)")
     parser.add_argument("--no-pipeline", action="store_true", help="landmarks and network in one thread")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="keep MediaPipe's, absl's and TFLite's log lines")

@@ -35,8 +35,9 @@ class TrackSettings:
             every N-th processed frame (and where a new face appears), see
             :class:`~video_fer.faces.detection.SparseDetectorConfidence`; 0 = the landmarker's own per-frame scores (pass
             ``landmarker_options={"detector_scores": True}`` for MediaPipe's detector on every frame).
-        exact_alignment: crop exactly as ``video-fer prepare`` does (Gaussian anti-aliasing at full
-            resolution); default: :func:`shrink_then_align`, same geometry, ~8x cheaper at 128 px.
+        exact_alignment: the reference crops (Gaussian anti-aliasing of the whole window at full
+            resolution, ``align_in_regions(shrink_first=False)``); default: :func:`shrink_then_align`, the
+            crops ``video-fer prepare`` makes, same geometry, a cost that does not grow with face size.
         precision: ``"float32"`` (default) or ``"bfloat16"``: the network under CPU bfloat16 autocast,
             ~2x faster on CPUs with native bfloat16 (AVX512-BF16, AMX), outputs within ~2e-3.
         landmark_every: run the landmarker on every N-th processed frame only and interpolate the

@@ -244,7 +244,7 @@ def align_batch(batch: FaceBatch, spec, exact_alignment: bool = False) -> tuple[
         return torch.zeros((0, 3, spec.size, spec.size)), torch.zeros((0, 68, 2))
     positions = torch.from_numpy(batch.positions)
     if exact_alignment:
-        crops, _, crop_landmarks = align_in_regions(batch.frames, landmarks, positions, spec)
+        crops, _, crop_landmarks = align_in_regions(batch.frames, landmarks, positions, spec, shrink_first=False)
         return crops.permute(0, 3, 1, 2).float().div_(255.0), crop_landmarks
     return shrink_then_align(batch.frames, landmarks, positions, spec)
 
