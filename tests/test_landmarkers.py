@@ -141,6 +141,7 @@ def test_offline_error_says_where_to_put_the_file(isolated_cache):
     message = str(caught.value)
     assert "weights.bin not found and its download from http://127.0.0.1:9/weights.bin failed" in message
     assert str(isolated_cache / "weights.bin") in message and "VIDEO_FER_TEST_WEIGHTS=" in message
+    assert "disk" not in message  # a network failure is not blamed on the file
     with pytest.raises(ModelFileError, match=r"weights\.bin not found; put it at .*cache"):
         model_files.resolve_model_file(model, download=False)
 

@@ -242,12 +242,22 @@ def describe_os_error(error: BaseException, path: str | os.PathLike | None = Non
 
 
 def is_write_failure(error: BaseException) -> bool:
-    """True for what writers raise when the file system refuses (OSError, safetensors', torch's writer)."""
+    """True for what writers raise when the file system refuses (OSError, safetensors', torch's writer).
+
+    Network failures are OSErrors too (a download inside an atomic writer), but not the file's fault."""
     if isinstance(error, OSError):
-        return True
+        return not is_network_failure(error)
     if type(error).__name__ == "SafetensorError":
         return _errno_of(error) is not None
     return isinstance(error, RuntimeError) and bool(_TORCH_WRITER_FAILED.search(str(error)))
+
+
+def is_network_failure(error: BaseException) -> bool:
+    """An unreachable host, a refused or reset connection, a timeout (urllib wraps them in URLError)."""
+    import socket
+    import urllib.error
+
+    return isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror))
 
 
 @contextlib.contextmanager
