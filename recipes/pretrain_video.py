@@ -28,10 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from video_fer.config import config_to_dict, load_config
-from video_fer.data.augment import as_float_images, augment_pair
+from video_fer.data.augment import as_float_images, augment_pair, augment_pair_and_points
 from video_fer.data.cache import FaceTrackCache
 from video_fer.data.pairs import FacePairSampler, split_by_identity
-from video_fer.data.pretrain_dataset import pair_loader
+from video_fer.data.pretrain_dataset import InMemoryFrames, pair_loader
 from video_fer.data.synthetic import build_demo_cache
 from video_fer.errors import ConfigError
 from video_fer.faces.alignment import check_encoder_crops
@@ -40,8 +40,9 @@ from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 from video_fer.train.checkpoints import save_checkpoint, save_final_checkpoint
 from video_fer.train.logs import save_image_grid
 from video_fer.train.loop import NonFiniteGuard, cosine_with_warmup, make_optimizer, mean_over_processes, seeded_generator
+from video_fer.train.losses.landmarks import landmark_field_terms
 from video_fer.train.losses.tae import (HardSampleCurriculum, TAELossWeights, consistency_ramp, ramped_weights,
-                                        reduce_terms, tae_loss_terms, weighted_total)
+                                        reduce_terms, tae_loss_terms, uses_landmarks, weighted_total)
 from video_fer.train.run import RecipeRun, finish_run, recipe_parser, resume_state, run_logs, run_recipe, start_run
 from video_fer.train.sections import OptimConfig
 
@@ -60,7 +61,9 @@ class DataConfig:
     val_fraction: float = 0.2  # share of identities held out for the validation loss
     val_pairs: int = 64
     num_workers: int = 1
+    preload: bool = False  # decode the training tracks once into memory (small corpora; loads in the main process)
     augment: bool = True
+    augment_same_crop: bool = False  # [ours] one crop per pair: the crops then add no relative motion (reference: independent)
     demo_dir: str | None = None  # where the demo cache is built; null = <train.output_dir>/demo_cache
     demo_frames_per_track: int = 24
     demo_tracks_per_identity: int = 3
@@ -80,6 +83,11 @@ class LossConfig:
     # their weight over consistency_warmup_steps (0 and 0: the reference, always on); see video_fer.train.losses.tae.consistency_ramp
     consistency_warmup_start: int = 0
     consistency_warmup_steps: int = 0
+    # [ours] landmark-guided fields (weights loss.weights.landmark_pose_field / landmark_action_field, 0 = off):
+    # the head-motion model fitted on the rigid landmarks, and the penalty (delta in normalised grid units)
+    landmark_fit: str = "rigid3d"  # "rigid3d" (a 3-D head turn of the mean face), "similarity" or "affine"
+    landmark_penalty: str = "huber"  # "huber" (smooth L1) or "l1"
+    landmark_huber_delta: float = 0.01
 
 
 @dataclass
@@ -157,18 +165,24 @@ def to_model_input(frames: torch.Tensor, device, channels_last: bool) -> torch.T
 
 
 def training_pair(batch: dict, run: RecipeRun, progress: TrainingProgress, data: DataConfig, channels_last: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
     """Source and target faces of one micro-batch on the device: uint8 crops -> float, batched augmentation
-    seeded by the data position (the same draws after a resume)."""
-    source, target = (batch[key].to(run.accelerator.device, non_blocking=True) for key in ("source", "target"))
-    if data.augment:
-        generator = seeded_generator(run.seed, run.rank, progress.epoch, progress.batch_in_epoch)
-        source, target = augment_pair(source, target, generator)
+    seeded by the data position (the same draws after a resume); and their landmarks moved with the same
+    crops when the batch carries them (landmark-guided fields), else None."""
+    device = run.accelerator.device
+    source, target = (batch[key].to(device, non_blocking=True) for key in ("source", "target"))
+    points = (batch["source_landmarks"].to(device), batch["target_landmarks"].to(device)) \
+        if "source_landmarks" in batch else None
+    generator = seeded_generator(run.seed, run.rank, progress.epoch, progress.batch_in_epoch) if data.augment else None
+    if data.augment and points is not None:
+        source, target, *points = augment_pair_and_points(source, target, *points, generator, data.augment_same_crop)
+    elif data.augment:
+        source, target = augment_pair(source, target, generator, data.augment_same_crop)
     else:
         source, target = as_float_images(source), as_float_images(target)
     if channels_last:
         source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
-    return source, target
+    return source, target, points
 
 
 @torch.no_grad()
@@ -214,9 +228,10 @@ def open_cache(run: RecipeRun, data: DataConfig, image_size: int) -> tuple[FaceT
     return FaceTrackCache(root), root
 
 
-def train_micro_batch(model, source, target, weights, curriculum, config: PretrainConfig, progress: TrainingProgress,
-                      accelerator):
-    """Forward, loss, backward of one micro-batch (call inside ``accelerator.accumulate``).
+def train_micro_batch(model, source, target, points, weights, curriculum, config: PretrainConfig,
+                      progress: TrainingProgress, accelerator):
+    """Forward, loss, backward of one micro-batch (call inside ``accelerator.accumulate``); ``points``: the
+    pair's landmarks for the landmark-guided fields, or None.
 
     Returns ``(output, loss, reduced terms, finite)``; a non-finite loss (every rank agrees) is not
     backpropagated.
@@ -224,6 +239,10 @@ def train_micro_batch(model, source, target, weights, curriculum, config: Pretra
     with accelerator.autocast():
         output = model(source, target)
         terms = tae_loss_terms(output, source, target)
+        if points is not None:
+            loss_config = config.loss
+            terms.update(landmark_field_terms(output.action_flow, output.pose_flow, *points, loss_config.landmark_fit,
+                                              loss_config.landmark_penalty, loss_config.landmark_huber_delta))
         ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
                                 config.loss.consistency_warmup_steps)
         loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
@@ -351,7 +370,13 @@ def main(argv=None) -> int:
     train_tracks, val_tracks = split_by_identity(cache.tracks, data.val_fraction, train.seed)
     sampler = FacePairSampler(train_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.pairs_per_epoch,
                               seed=train.seed, rank=rank, world_size=world)
-    loader = pair_loader(cache, sampler, train.batch_size, data.num_workers, skip_bad_tracks=data.skip_bad_tracks)
+    weights = TAELossWeights(**config.loss.weights)
+    guided = uses_landmarks(weights)  # [ours] landmark-guided fields: the pairs carry their landmarks
+    if data.preload:  # decoded once; no worker processes (they would each get a copy of every frame)
+        loader = pair_loader(InMemoryFrames(cache, train_tracks), sampler, train.batch_size, 0, landmarks=guided)
+    else:
+        loader = pair_loader(cache, sampler, train.batch_size, data.num_workers, skip_bad_tracks=data.skip_bad_tracks,
+                             landmarks=guided)
     val_loader = None
     if train.validate and val_tracks:  # fixed pairs of held-out identities (epoch 0 of their own sampler)
         val_sampler = FacePairSampler(val_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.val_pairs,
@@ -370,7 +395,6 @@ def main(argv=None) -> int:
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model, optimizer = accelerator.prepare(model, make_optimizer(model, optim))  # loader not prepared: the sampler shards
-    weights = TAELossWeights(**config.loss.weights)
     curriculum = HardSampleCurriculum(patience=config.loss.curriculum_patience) if config.loss.curriculum else None
     guard = NonFiniteGuard(train.max_nonfinite_steps)
     progress = TrainingProgress(curriculum, guard)
@@ -396,10 +420,10 @@ def main(argv=None) -> int:
     while progress.step < total_steps:
         for batch in epoch_pair_batches(loader, sampler, progress, train.batch_size, batches_per_epoch, total_steps):
             compute_start = throughput.batch_arrived()
-            source, target = training_pair(batch, run, progress, data, train.channels_last)
+            source, target, points = training_pair(batch, run, progress, data, train.channels_last)
             with accelerator.accumulate(model):
-                output, loss, reduced, finite = train_micro_batch(model, source, target, weights, curriculum, config,
-                                                                  progress, accelerator)
+                output, loss, reduced, finite = train_micro_batch(model, source, target, points, weights, curriculum,
+                                                                  config, progress, accelerator)
                 window_finite &= finite
                 progress.batch_in_epoch += 1
                 lr = learning_rate(optim, progress, total_steps)

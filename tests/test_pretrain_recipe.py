@@ -76,6 +76,24 @@ def test_resume_continues_with_the_same_losses(tmp_path, demo_dir):
     assert float(full_rows[2]["loss"]) != float(full_rows[3]["loss"])  # the losses compared do change step to step
 
 
+def test_landmark_guided_fields_train_from_preloaded_frames_with_one_crop_per_pair(tmp_path, demo_dir):
+    result = run_recipe(tmp_path / "guided", demo_dir, "train.max_steps=2", "loss.weights.landmark_pose_field=10",
+                        "loss.weights.landmark_action_field=10", "data.preload=true", "data.augment_same_crop=true",
+                        "loss.landmark_fit=similarity")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv_log(tmp_path / "guided" / "losses.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(float(r["landmark_pose_field"]) > 0 and float(r["landmark_action_field"]) >= 0 for r in rows)
+    assert "landmark_pose_field" not in read_csv_log_columns(run_recipe, tmp_path, demo_dir)
+
+
+def read_csv_log_columns(run, tmp_path, demo_dir) -> set[str]:
+    """Columns of losses.csv of a run with the reference objective (no landmark terms computed)."""
+    result = run(tmp_path / "reference", demo_dir, "train.max_steps=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return set(read_csv_log(tmp_path / "reference" / "losses.csv")[0])
+
+
 def test_non_finite_loss_is_skipped_then_stops_with_the_last_good_checkpoint(tmp_path, demo_dir):
     result = run_recipe(tmp_path / "nan", demo_dir, "train.max_steps=8", "train.save_every=1",
                         "train.debug_nan_at_step=2", "train.max_nonfinite_steps=2")

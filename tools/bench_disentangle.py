@@ -46,7 +46,7 @@ from video_fer.evaluate.disentangle import make_probe_pairs, measure_pairs, nanm
 from video_fer.io import atomic_write
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 from video_fer.evaluate.probes import f1_per_column, logistic_probe, ridge_probe
-from video_fer.train.checkpoints import latest_checkpoint
+from video_fer.train.checkpoints import latest_checkpoint, list_checkpoints, step_of_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,11 +60,25 @@ def write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def model_variants(streams: int) -> dict[str, list[str]]:
+def model_variants(streams: int, landmark_weight: float = 10.0) -> dict[str, list[str]]:
     """Pretrained models: name -> recipe overrides."""
     return {"tcae": ["model.attention_streams=0"],
             "tae": [f"model.attention_streams={streams}"],
-            "no_cycles": [f"model.attention_streams={streams}"] + [f"loss.weights.{term}=0" for term in CYCLE_TERMS]}
+            "no_cycles": [f"model.attention_streams={streams}"] + [f"loss.weights.{term}=0" for term in CYCLE_TERMS],
+            "tae_landmarks": [f"model.attention_streams={streams}",  # [ours] landmark-guided fields
+                              f"loss.weights.landmark_pose_field={landmark_weight}",
+                              f"loss.weights.landmark_action_field={landmark_weight}"]}
+
+
+def parse_extra(items: list[str]) -> dict[str, list[str]]:
+    """``NAME=key=value,key=value`` -> {NAME: [key=value, ...]} (rows a diagnosis adds)."""
+    rows = {}
+    for item in items:
+        name, _, overrides = item.partition("=")
+        if not name or not overrides:
+            raise SystemExit(f"--extra {item!r}: expected NAME=key=value[,key=value...]")
+        rows[name] = [o for o in overrides.split(",") if o]
+    return rows
 
 
 def safe_name(identity: str) -> str:
@@ -104,7 +118,8 @@ def pretrain_command(name: str, overrides: list[str], cache: Path, out: Path, ar
             f"train.output_dir={out / 'models' / name}", f"train.max_steps={args.steps}",
             f"train.batch_size={args.batch_size}", f"train.seed={args.seed}", f"model.image_size={args.size}",
             "data.val_fraction=0", "train.validate=false", "data.num_workers=0", "train.log_every=10",
-            f"train.save_every={max(args.steps // 10, 1)}", f"train.image_every={max(args.steps // 4, 1)}",
+            f"train.save_every={max(args.steps // args.curve_points, 1)}", "train.keep_checkpoints=0",
+            f"train.image_every={max(args.steps // 4, 1)}",
             f"data.pairs_per_epoch={args.batch_size * 100}", *args.recipe_override, *overrides,
             "--resume"]  # last: it takes an optional value
 
@@ -145,10 +160,10 @@ def run_pretraining(variants: dict[str, list[str]], cache: Path, out: Path, args
     return stats
 
 
-def load_pretrained(name: str, config: TAEConfig, out: Path) -> TwinCycleAutoencoder:
+def load_pretrained(name: str, config: TAEConfig, out: Path, checkpoint: Path | None = None) -> TwinCycleAutoencoder:
     from safetensors.torch import load_file
 
-    checkpoint = latest_checkpoint(out / "models" / name)
+    checkpoint = checkpoint or latest_checkpoint(out / "models" / name)
     model = TwinCycleAutoencoder(config)
     model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
     return model
@@ -229,6 +244,9 @@ def report(results: dict) -> str:
             "action_au_f1", "action_au_pearson", "pose_motion_r2", "pose_au_f1", "pose_au_pearson", "action_motion_r2")),
             *(f"{epe[key]:.2f}" for key in ("action", "action_moving", "pose", "fused")),
             f"{spent['cpu_minutes']:.1f}" if spent else "-"])
+    for name, probes in results.get("baselines", {}).items():  # feature change of the pair, no fields
+        rows.append([f"{name} (baseline)", *(f"{probes[key]['mean']:.3f}" for key in (
+            "action_au_f1", "action_au_pearson", "action_motion_r2")), *["-"] * 8])
     zero = next(iter(models.values()))["epe"]
     rows.append(["always 'present' / zero field", f"{results['data']['all_present_f1']:.3f}", *["-"] * 5, *(f"{zero['zero_' + key]:.2f}" for key in ("action", "action_moving", "pose",
                                                                                      "fused")), "-"])
@@ -250,6 +268,13 @@ def report(results: dict) -> str:
         f"(target - source); AU presence = intensity >= {settings['au_threshold']}. EPE: mean endpoint error in px of "
         f"a 256 px crop on the held-out pairs; 'moving' = only pixels the true action field moves by > 0.5 px.",
         "", table]
+    curve_rows = [[name, str(p["step"]), str(p["pairs_seen"]), f"{p['action_au_f1']:.3f}", f"{p['action_au_pearson']:.3f}",
+                   f"{p['pose_motion_r2']:.3f}", f"{p['pose_au_f1']:.3f}", f"{p['epe_action_moving']:.2f}",
+                   f"{p['epe_pose']:.2f}"] for name, points in results.get("curves", {}).items() for p in points]
+    if curve_rows:
+        lines += ["", "Learning curves (the same measurements at each kept checkpoint):", "", markdown_table(
+            ["model", "step", "pairs seen", "action→AU F1", "action→AU r", "pose→motion R²", "pose→AU F1 (cross)",
+             "EPE action (moving px)", "EPE pose"], curve_rows)]
     return "\n".join(lines)
 
 
@@ -264,7 +289,11 @@ def main(argv=None) -> int:
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--streams", type=int, default=4, help="TAE attention streams K")
     parser.add_argument("--stream-width", type=int, default=32, help="channels inside each attention stream")
-    parser.add_argument("--models", nargs="*", default=["tcae", "tae", "no_cycles"], choices=["tcae", "tae", "no_cycles"])
+    parser.add_argument("--models", nargs="*", default=["tcae", "tae", "no_cycles", "tae_landmarks"],
+                        choices=["tcae", "tae", "no_cycles", "tae_landmarks"])
+    parser.add_argument("--extra", nargs="*", default=[], help="more rows: NAME=key=value,key=value (recipe overrides)")
+    parser.add_argument("--landmark-weight", type=float, default=10.0, help="tae_landmarks: weight of both terms")
+    parser.add_argument("--curve-points", type=int, default=4, help="checkpoints kept (and measured) per model")
     parser.add_argument("--jobs", type=int, default=3, help="pretraining processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per pretraining process")
     parser.add_argument("--frames-per-video", type=int, default=6)
@@ -304,8 +333,9 @@ def main(argv=None) -> int:
                                  settings={"faces": description, "identities": train_ids})
     model_overrides = [f"model.width={args.width}", f"model.embedding_dim={args.embedding_dim}",
                        f"model.stream_width={args.stream_width}"]
-    variants = {name: model_overrides + extra for name, extra in model_variants(args.streams).items()
+    variants = {name: model_overrides + extra for name, extra in model_variants(args.streams, args.landmark_weight).items()
                 if name in args.models}
+    variants.update({name: model_overrides + extra for name, extra in parse_extra(args.extra).items()})
     spent = run_pretraining(variants, out / "pretrain_cache", out, args)
 
     # ---------------------------------------------------------------- measurements
@@ -321,7 +351,7 @@ def main(argv=None) -> int:
 
     config = TAEConfig(image_size=args.size, width=args.width, embedding_dim=args.embedding_dim,
                        attention_streams=args.streams, stream_width=args.stream_width, zero_init_flow=True)
-    configs = {name: TAEConfig(**{**config.__dict__, "attention_streams": 0 if name == "tcae" else args.streams})
+    configs = {name: TAEConfig(**json.loads((out / "models" / name / "config.json").read_text())["model"])
                for name in variants}
     torch.manual_seed(args.seed)  # the recipe's seed: the untrained model is the TAE's starting point
     models = {"untrained": TwinCycleAutoencoder(config)}
@@ -343,6 +373,36 @@ def main(argv=None) -> int:
             "epe": {key: nanmean(values.numpy()) for key, values in measured_test.epe.items()},
             "pretraining": spent.get(name, {})}
         print(f"measured {name}", flush=True)
+    # Baseline without any pretraining: the change of the HOG of the aligned crop (one feature for both columns).
+    from types import SimpleNamespace
+
+    from video_fer.evaluate.real_probes import hog_features
+
+    def hog_change(probe_pairs):
+        def as_uint8(images):
+            return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        change = hog_features(as_uint8(probe_pairs.pairs.target)) - hog_features(as_uint8(probe_pairs.source))
+        return SimpleNamespace(action_change=change, pose_change=change)
+
+    hog = probe_scores(hog_change(train_pairs), hog_change(test_pairs), train_pairs, test_pairs, val_rows,
+                       args.au_threshold)
+    results["baselines"] = {"hog": {key: hog[key] for key in ("action_au_f1", "action_au_pearson", "pose_motion_r2")}}
+    results["baselines"]["hog"]["action_motion_r2"] = hog["pose_motion_r2"]
+    print("measured the HOG baseline", flush=True)
+    results["curves"] = {}
+    for name in variants:  # the same measurements at every kept checkpoint: probe scores against pairs seen
+        points = []
+        for checkpoint in list_checkpoints(out / "models" / name):
+            step = step_of_checkpoint(checkpoint)
+            if step > args.steps:
+                continue
+            model = load_pretrained(name, configs[name], out, checkpoint)
+            measured_train, measured_test = measure_pairs(model, train_pairs), measure_pairs(model, test_pairs)
+            probes = probe_scores(measured_train, measured_test, train_pairs, test_pairs, val_rows, args.au_threshold)
+            points.append({"step": step, "pairs_seen": step * args.batch_size,
+                           **{key: value["mean"] for key, value in probes.items()},
+                           **{f"epe_{key}": nanmean(values.numpy()) for key, values in measured_test.epe.items()}})
+        results["curves"][name] = points
     results["minutes_total"] = (time.perf_counter() - started) / 60
 
     text = report(results)

@@ -1,6 +1,14 @@
 """Pretraining throughput on this machine: step speed, data waiting, memory, decoding.
 
-For each crop size (128 and 256 px by default; each size in its own process so the peak
+First, per crop size, **the recipe's step against the bare network** (issue 12): the training
+step of ``recipes/pretrain_video.py`` (loader, augmentation, forward, the loss terms, the
+finite-loss check, backward, gradient clipping, AdamW) timed phase by phase, interleaved step by
+step with a bare forward + backward of the same network on the same batch (the loss = a plain sum
+of its outputs; no optimiser). pairs/s of both, their ratio (the target is >= 80 %), and where the
+rest of the step goes. FLOPs of one bare step are counted with ``torch.utils.flop_counter``; on a
+GPU the model FLOPs utilisation (MFU) is printed against ``--peak-tflops`` (bf16 dense peak of the card).
+
+Then, for each crop size (128 and 256 px by default; each size in its own process so the peak
 RSS is that size's), on the embedded demo cache built at that size:
 
 - training pairs/s of the batched TAE step (denormal floats flushed, as the recipe does) (two encoder passes: [source; target] and
@@ -28,6 +36,8 @@ import time
 from pathlib import Path
 
 import torch
+
+import numpy as np
 
 from video_fer.data.augment import augment_pair
 from video_fer.data.pairs import FacePairSampler
@@ -127,6 +137,131 @@ def data_wait_share(model, cache, tracks, batch: int, steps: int, workers: int) 
     return waiting / (waiting + computing)
 
 
+PHASES = ("data", "augment", "forward", "loss_terms", "finite_check", "backward", "optimiser")
+
+
+def bare_step(model, source, target) -> dict[str, float]:
+    """Seconds of a bare forward and backward (loss = sum of the means of every output tensor)."""
+    start = time.perf_counter()
+    output = model(source, target)
+    loss = sum(value.float().mean() for value in vars(output).values() if isinstance(value, torch.Tensor))
+    forward = time.perf_counter()
+    loss.backward()
+    end = time.perf_counter()
+    model.zero_grad(set_to_none=True)
+    return {"forward": forward - start, "backward": end - forward}
+
+
+def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: float, channels_last: bool,
+                          cache_root: str | None, config_overrides: list[str]) -> dict:
+    """The recipe's step phase by phase, interleaved with the bare step on the same batch (median seconds)."""
+    import importlib.util
+
+    from accelerate import Accelerator
+
+    from video_fer.config import load_config
+    from video_fer.data.augment import augment_pair_and_points
+    from video_fer.data.cache import FaceTrackCache
+    from video_fer.data.pretrain_dataset import InMemoryFrames
+    from video_fer.train.loop import make_optimizer
+    from video_fer.train.losses.landmarks import landmark_field_terms
+    from video_fer.train.losses.tae import TAELossWeights
+
+    spec = importlib.util.spec_from_file_location("pretrain_video_schema", PROJECT_ROOT / "recipes" / "pretrain_video.py")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # its dataclasses look their module up while being built
+    spec.loader.exec_module(recipe)
+    recipe_config = PROJECT_ROOT / "recipes" / "configs" / "pretrain_tae.yaml"
+    config = load_config(recipe_config, [f"model.image_size={size}", *config_overrides], schema=recipe.PretrainConfig)
+    weights = TAELossWeights(**{**config.loss.weights, "landmark_pose_field": landmark_weight,
+                                "landmark_action_field": landmark_weight})
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
+    torch.manual_seed(0)
+    model = TwinCycleAutoencoder(TAEConfig(**config.model)).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config.optim)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    with tempfile.TemporaryDirectory() as folder:
+        cache = FaceTrackCache(cache_root) if cache_root else build_demo_cache(Path(folder) / "demo", size=size)
+        if cache.size != size:
+            raise SystemExit(f"--cache {cache_root}: crops are {cache.size} px, not {size}")
+        sampler = FacePairSampler(cache.tracks, pairs_per_epoch=batch * (steps + 2), seed=3)
+        loader = pair_loader(InMemoryFrames(cache), sampler, batch, 0, landmarks=True)
+        iterator = iter(loader)
+        times = {name: [] for name in (*PHASES, "bare_forward", "bare_backward")}
+        generator = torch.Generator().manual_seed(0)
+        for index in range(steps + 1):
+            marks = [time.perf_counter()]
+            data = next(iterator)
+            marks.append(time.perf_counter())
+            source, target, *points = augment_pair_and_points(data["source"], data["target"], data["source_landmarks"],
+                                                              data["target_landmarks"], generator)
+            source, target = (x.to(accelerator.device) for x in (source, target))
+            if channels_last:
+                source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
+            marks.append(time.perf_counter())
+            with accelerator.accumulate(model), accelerator.autocast():
+                output = model(source, target)
+                marks.append(time.perf_counter())
+                terms = tae_loss_terms(output, source, target)
+                if landmark_weight:
+                    terms.update(landmark_field_terms(output.action_flow, output.pose_flow,
+                                                      *(p.to(source.device) for p in points)))
+                loss, _ = reduce_terms(terms, weights)
+                marks.append(time.perf_counter())
+                finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+                marks.append(time.perf_counter())
+                if finite:
+                    accelerator.backward(loss)
+                marks.append(time.perf_counter())
+                accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                marks.append(time.perf_counter())
+            bare = bare_step(accelerator.unwrap_model(model), source, target)
+            if index:  # the first step of each warms up
+                for name, seconds in zip(PHASES, np.diff(marks)):
+                    times[name].append(seconds)
+                times["bare_forward"].append(bare["forward"])
+                times["bare_backward"].append(bare["backward"])
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            bare_step(accelerator.unwrap_model(model), source, target)
+        flops = counter.get_total_flops()
+    median = {name: float(np.median(values)) for name, values in times.items()}
+    step = sum(median[name] for name in PHASES)
+    bare = median["bare_forward"] + median["bare_backward"]
+    return {"size": size, "batch": batch, "landmark_weight": landmark_weight, "phase_seconds": median,
+            "recipe_pairs_per_s": batch / step, "bare_pairs_per_s": batch / bare, "recipe_over_bare": bare / step,
+            "flops_per_pair": flops / batch, "achieved_tflops_bare": flops / bare / 1e12,
+            "device": str(accelerator.device), "model": dict(config.model)}
+
+
+def print_breakdown(result: dict, peak_tflops: float | None) -> None:
+    phases, step = result["phase_seconds"], sum(result["phase_seconds"][name] for name in PHASES)
+    print(f"\n== the recipe's step vs the bare network, {result['size']} px, batch {result['batch']}, "
+          f"{result['device']}, landmark weight {result['landmark_weight']} ==")
+    print(f"recipe step:            {result['recipe_pairs_per_s']:.2f} pairs/s ({1000 * step:.0f} ms)")
+    print(f"bare forward+backward:  {result['bare_pairs_per_s']:.2f} pairs/s "
+          f"({1000 * (phases['bare_forward'] + phases['bare_backward']):.0f} ms: forward "
+          f"{1000 * phases['bare_forward']:.0f}, backward {1000 * phases['bare_backward']:.0f})")
+    print(f"recipe / bare:          {100 * result['recipe_over_bare']:.0f} % (target >= 80 %)")
+    print("where the recipe's step goes (median ms, share):")
+    for name in PHASES:
+        print(f"  {name:<14}{1000 * phases[name]:8.1f}  {100 * phases[name] / step:5.1f} %")
+    print(f"FLOPs per pair (forward+backward, flop_counter): {result['flops_per_pair'] / 1e9:.2f} GFLOP; "
+          f"bare step achieves {1000 * result['achieved_tflops_bare']:.1f} GFLOP/s")
+    if result["device"].startswith("cuda"):
+        if peak_tflops:
+            print(f"model FLOPs utilisation (bare step): {100 * result['achieved_tflops_bare'] / peak_tflops:.1f} % of "
+                  f"{peak_tflops} TFLOP/s (target >= 40 % in bf16)")
+        else:
+            print("model FLOPs utilisation: give --peak-tflops (the card's dense bf16 peak) to print it")
+
+
 def measure_size(size: int, batch: int, steps: int, compile_model: bool, skip_denormals: bool = False) -> dict:
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # as the recipe does; "denormals_kept" measures the difference
@@ -179,8 +314,30 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling on a CPU)")
     parser.add_argument("--skip-denormals", action="store_true",
                         help="do not time the (slow) step without flushing denormal floats")
+    parser.add_argument("--breakdown-only", action="store_true", help="only the recipe-vs-bare step comparison")
+    parser.add_argument("--breakdown-steps", type=int, default=10, help="interleaved steps of the comparison")
+    parser.add_argument("--landmark-weight", type=float, default=0.0, help="landmark-guided fields in the recipe step")
+    parser.add_argument("--cache", default=None, help="a face-track cache for the recipe step (default: the demo cache)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="GPU dense bf16 peak, for the MFU line")
+    parser.add_argument("--override", nargs="*", default=[], help="recipe config overrides (e.g. model.width=16)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--breakdown-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.breakdown_child:
+        print(json.dumps(recipe_step_breakdown(args.breakdown_child, args.batch, args.breakdown_steps, args.landmark_weight,
+                                               args.channels_last, args.cache, args.override)))
+        return
+    for size in args.sizes:  # one process per size, like the measurements below
+        command = [sys.executable, __file__, "--breakdown-child", str(size), "--batch", str(args.batch),
+                   "--breakdown-steps", str(args.breakdown_steps), "--landmark-weight", str(args.landmark_weight)]
+        command += ["--channels-last"] if args.channels_last else []
+        command += ["--cache", args.cache] if args.cache else []
+        command += ["--override", *args.override] if args.override else []
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        print_breakdown(json.loads(done.stdout.strip().splitlines()[-1]), args.peak_tflops)
+    if args.breakdown_only:
+        return
     if args.child:
         print(json.dumps(measure_size(args.child, args.batch, args.steps, args.compile, args.skip_denormals)))
         return

@@ -119,15 +119,62 @@ def random_crop_jitter(frames: torch.Tensor, generator: torch.Generator | None =
     return crop_and_resize(images, boxes).clamp_(0.0, 1.0)
 
 
-def augment_pair(source: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_boxes(batch: int, size: int, generator: torch.Generator | None = None, same_crop: bool = False,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Crop boxes ``(2B, 3)`` for ``[source; target]``: independent (the reference), or **[ours]** ``same_crop``:
+    each target gets its source's crop, so the crops add no relative motion to the pair (the same draws either way)."""
+    boxes = random_crop_boxes(2 * batch, size, generator, device)
+    if same_crop:
+        boxes[batch:] = boxes[:batch]
+    return boxes
+
+
+def augment_pair(source: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
+                 same_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent crops for the source and target frames of a batch of pairs, in one call.
 
     Args:
         source, target: uint8 ``(B, S, S, 3)`` or float ``(B, 3, S, S)``.
+        same_crop: **[ours]** one crop per pair instead (see :func:`pair_boxes`).
 
     Returns:
         ``(source, target)`` float ``(B, 3, S, S)`` in [0, 1].
     """
-    both = random_crop_jitter(torch.cat([source, target]), generator)
+    images = as_float_images(torch.cat([source, target]))
+    both = random_crop_jitter(images, boxes=pair_boxes(len(source), images.shape[-1], generator, same_crop, images.device))
     return both[: len(source)], both[len(source):]
+
+
+def crop_points(points: torch.Tensor, boxes: torch.Tensor, size: int, out_size: int | None = None) -> torch.Tensor:
+    """Where points of the ``size`` px images land after :func:`crop_and_resize` with ``boxes``.
+
+    Args:
+        points: ``(B, P, 2)`` pixel coordinates (origin at the first pixel centre).
+        boxes: ``(B, 3)`` ``(x0, y0, side)``.
+
+    Returns:
+        ``(B, P, 2)`` in pixels of the ``out_size`` (default ``size``) output: ``(x - x0) (out - 1) / (side - 1)``.
+    """
+    out_size = out_size or size
+    boxes = boxes.to(device=points.device, dtype=points.dtype)
+    return (points - boxes[:, None, :2]) * ((out_size - 1) / (boxes[:, 2:3, None] - 1))
+
+
+def augment_pair_and_points(source: torch.Tensor, target: torch.Tensor, source_points: torch.Tensor,
+                            target_points: torch.Tensor, generator: torch.Generator | None = None,
+                            same_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`augment_pair` (the same crops for the same generator state) plus the landmarks moved with them.
+
+    Args:
+        source, target: uint8 ``(B, S, S, 3)`` or float ``(B, 3, S, S)``.
+        source_points, target_points: ``(B, P, 2)`` crop pixels.
+
+    Returns:
+        ``(source, target, source_points, target_points)`` after the crops.
+    """
+    images = as_float_images(torch.cat([source, target]))
+    boxes = pair_boxes(len(source), images.shape[-1], generator, same_crop, images.device)
+    both = random_crop_jitter(images, boxes=boxes)
+    points = crop_points(torch.cat([source_points, target_points]).float(), boxes, images.shape[-1])
+    batch = len(source)
+    return both[:batch], both[batch:], points[:batch], points[batch:]

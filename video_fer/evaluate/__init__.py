@@ -1,2 +1,3 @@
-"""Evaluation: metrics (``metrics``), the AU benchmark report (``au_report``), linear probes (``probes``)
-and the disentanglement measures (``disentangle``)."""
+"""Evaluation: metrics (``metrics``), the AU benchmark report (``au_report``), linear probes (``probes``),
+the disentanglement measures (``disentangle``), and the label-free real-video benchmark: reference signals
+(``real_references``), its probes (``real_probes``) and its pretraining runs (``pretrain_runs``)."""

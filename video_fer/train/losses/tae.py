@@ -36,6 +36,9 @@ class TAELossWeights:
     action_cycle: float = 1.0  # L1(warp(I^A, D_A([phi(I^A); phi_s])), I_s)
     pose_cycle: float = 1.0  # L1(warp(I^P, D_P([psi(I^P); psi_s])), I_s)
     action_sparsity: float = 0.1  # mean |T_A|
+    # [ours] landmark-guided fields (video_fer.train.losses.landmarks); 0 = the reference objective
+    landmark_pose_field: float = 0.0  # pose field at the target landmarks vs their head motion
+    landmark_action_field: float = 0.0  # action field at the moved landmarks vs what the head motion leaves
 
     def as_dict(self) -> dict[str, float]:
         """Term name -> weight."""
@@ -68,6 +71,14 @@ def ramped_weights(weights: "TAELossWeights", factor: float) -> "TAELossWeights"
     for name in CONSISTENCY_TERMS:
         table[name] *= factor
     return TAELossWeights(**table)
+
+
+LANDMARK_TERMS = ("landmark_pose_field", "landmark_action_field")
+
+
+def uses_landmarks(weights: "TAELossWeights") -> bool:
+    """True when a landmark-guidance term has a weight (the pairs must then carry landmarks)."""
+    return any(getattr(weights, name) != 0 for name in LANDMARK_TERMS)
 
 
 def _per_sample_l1(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -221,5 +232,5 @@ def reduce_terms(terms: Mapping[str, torch.Tensor], weights: TAELossWeights | Ma
     return total, reduced
 
 
-__all__ = ["CONSISTENCY_TERMS", "HardSampleCurriculum", "TAELossWeights", "consistency_ramp", "ramped_weights",
+__all__ = ["CONSISTENCY_TERMS", "HardSampleCurriculum", "LANDMARK_TERMS", "uses_landmarks", "TAELossWeights", "consistency_ramp", "ramped_weights",
            "reduce_terms", "tae_loss_terms", "weighted_total"]

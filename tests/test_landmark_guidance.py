@@ -1,0 +1,179 @@
+"""Landmark-guided fields [ours]: the rigid/residual split of a pair's landmark motion and the loss terms."""
+import math
+
+import pytest
+import torch
+
+from video_fer.data.augment import augment_pair, augment_pair_and_points, crop_and_resize, crop_points
+from video_fer.data.pretrain_dataset import FacePairDataset
+from video_fer.data.synthetic import build_demo_cache
+from video_fer.errors import ConfigError
+from video_fer.faces.alignment import CANONICAL_LANDMARKS_68
+from video_fer.train.losses.landmarks import (apply_transform, fit_rigid_transform, landmark_field_terms,
+                                         split_landmark_motion)
+from video_fer.train.losses.tae import TAELossWeights, uses_landmarks
+from video_fer.models.warp import identity_grid
+
+SIZE = 64
+MOUTH = list(range(48, 68))
+
+
+def template(batch: int = 1) -> torch.Tensor:
+    return (torch.tensor(CANONICAL_LANDMARKS_68) * SIZE - 0.5).expand(batch, 68, 2).clone()
+
+
+def similarity(angle_degrees: float, scale: float, shift: tuple[float, float]) -> torch.Tensor:
+    """(1, 2, 3) rotation about the crop centre, then a shift (pixels)."""
+    angle, centre = math.radians(angle_degrees), (SIZE - 1) / 2
+    linear = scale * torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    translation = torch.tensor([centre, centre]) - linear @ torch.tensor([centre, centre]) + torch.tensor(shift)
+    return torch.cat([linear, translation[:, None]], 1)[None]
+
+
+def field_of(matrix: torch.Tensor) -> torch.Tensor:
+    """The backward-warp field (B, 2, S, S) in normalised units of the pixel map p -> matrix(p)."""
+    pixels = (identity_grid(SIZE)[0] + 1) * (SIZE - 1) / 2  # (S, S, 2) pixel coordinates
+    moved = apply_transform(matrix, pixels.reshape(1, -1, 2)).reshape(1, SIZE, SIZE, 2)
+    return ((moved - pixels) * 2 / (SIZE - 1)).permute(0, 3, 1, 2)
+
+
+def test_a_pure_head_rotation_has_no_action_residual():
+    target = template()
+    source = apply_transform(similarity(8.0, 1.05, (2.0, -1.5)), target)
+    rigid, residual, moved = split_landmark_motion(source, target)
+    assert residual.abs().max() < 1e-4
+    assert torch.allclose(rigid, source - target, atol=1e-4) and torch.allclose(moved, source, atol=1e-4)
+
+
+def test_a_mouth_only_motion_is_all_residual_at_the_mouth():
+    target = template()
+    source = target.clone()
+    source[:, MOUTH] += torch.tensor([0.0, 3.0])  # the mouth opens by 3 px, the head stays
+    rigid, residual, _ = split_landmark_motion(source, target)
+    assert rigid.abs().max() < 1e-4
+    assert torch.allclose(residual[:, MOUTH], torch.tensor([0.0, 3.0]).expand(1, 20, 2), atol=1e-4)
+    assert residual[:, :48].abs().max() < 1e-4
+
+
+def test_rotation_plus_mouth_motion_splits_into_both_parts():
+    target = template()
+    matrix = similarity(-6.0, 0.97, (1.0, 2.0))
+    source = apply_transform(matrix, target)
+    source[:, MOUTH] += torch.tensor([1.0, 2.5])
+    rigid, residual, _ = split_landmark_motion(source, target)
+    expected_rigid = apply_transform(matrix, target) - target
+    assert torch.allclose(rigid, expected_rigid, atol=1e-3)
+    assert torch.allclose(residual[:, MOUTH], torch.tensor([1.0, 2.5]).expand(1, 20, 2), atol=1e-3)
+
+
+def test_a_3d_head_turn_is_head_motion_for_rigid3d_but_leaves_a_2d_fit_a_residual():
+    from video_fer.faces.head_pose import project_mean_face
+
+    angles = torch.deg2rad(torch.tensor([[0.0, 0.0, 0.0], [4.0, 12.0, 2.0]]))  # pitch, yaw, roll
+    faces = project_mean_face(angles, scale=0.4, offset=(32.0, 30.0)).float()  # (2, 68, 2) pixels of a 64 px crop
+    source, target = faces[1:], faces[:1]
+    nose = [27, 28, 29, 30]
+    assert split_landmark_motion(source, target, "rigid3d")[1].abs().max() < 1e-3
+    assert split_landmark_motion(source, target, "similarity")[1][:, nose].norm(dim=-1).mean() > 0.5
+
+
+def test_the_affine_fit_absorbs_a_shear_that_the_similarity_leaves():
+    target = template()
+    shear = torch.tensor([[[1.0, 0.08, -2.0], [0.0, 0.95, 1.0]]])
+    source = apply_transform(shear, target)
+    assert split_landmark_motion(source, target, "affine")[1].abs().max() < 1e-3
+    assert split_landmark_motion(source, target, "similarity")[1].abs().max() > 0.5
+    assert torch.allclose(fit_rigid_transform(target, source, "affine"), shear, atol=1e-4)
+    with pytest.raises(ConfigError, match="landmark_fit"):
+        split_landmark_motion(source, target, "projective")
+
+
+@pytest.mark.parametrize("kind", ["rigid3d", "similarity", "affine"])
+def test_every_fit_leaves_no_residual_for_a_2d_similarity_motion(kind):
+    target = template(2)
+    source = apply_transform(similarity(-9.0, 0.9, (3.0, 1.0)).expand(2, 2, 3), target)
+    rigid, residual, _ = split_landmark_motion(source, target, kind)
+    assert residual.abs().max() < 1e-3 and torch.allclose(rigid, source - target, atol=1e-3)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "huber"])
+def test_the_true_fields_score_zero_and_the_zero_fields_do_not(penalty):
+    target = template(2)
+    matrix = similarity(5.0, 1.03, (1.5, -1.0))
+    source = apply_transform(matrix.expand(2, 2, 3), target)
+    true_pose = field_of(matrix).expand(2, -1, -1, -1)
+    zero = torch.zeros(2, 2, SIZE, SIZE)
+    terms = landmark_field_terms(zero, true_pose, source, target, penalty=penalty)
+    assert set(terms) == {"landmark_pose_field", "landmark_action_field"}
+    assert terms["landmark_pose_field"].shape == (2,) and terms["landmark_pose_field"].max() < 1e-6
+    assert terms["landmark_action_field"].max() < 1e-6  # no action: the zero action field is right
+    wrong = landmark_field_terms(zero, zero, source, target, penalty=penalty)
+    assert (wrong["landmark_pose_field"] > 1e-4).all()
+
+    moved_mouth = source.clone()
+    moved_mouth[:, MOUTH] += torch.tensor([0.0, 2.0])
+    opened = landmark_field_terms(zero, true_pose, moved_mouth, target, penalty=penalty)
+    assert opened["landmark_pose_field"].max() < 1e-6  # the rigid points did not move
+    assert (opened["landmark_action_field"] > 1e-4).all()  # the zero action field misses the mouth
+
+
+def test_the_terms_backpropagate_into_the_fields_and_skip_points_outside():
+    target = template(1)
+    source = target + torch.tensor([1.0, 0.0])
+    action = torch.zeros(1, 2, SIZE, SIZE, requires_grad=True)
+    pose = torch.zeros(1, 2, SIZE, SIZE, requires_grad=True)
+    terms = landmark_field_terms(action, pose, source, target)
+    (terms["landmark_pose_field"] + terms["landmark_action_field"]).sum().backward()
+    assert pose.grad.abs().sum() > 0
+    far = target.clone()
+    far[:, :] = 5 * SIZE  # every point outside the crop: nothing to compare, the term is 0
+    assert landmark_field_terms(action, pose, far, target)["landmark_pose_field"].item() == 0.0
+
+
+def test_crop_points_follow_crop_and_resize():
+    size = 32
+    ramp_x = torch.arange(size, dtype=torch.float32).expand(size, size)  # pixel value = its x coordinate
+    image = torch.stack([ramp_x, ramp_x.T, torch.zeros(size, size)])[None]
+    boxes = torch.tensor([[3, 5, 20]])
+    cropped = crop_and_resize(image, boxes)
+    point = torch.tensor([[[10.0, 12.0]]])
+    x, y = crop_points(point, boxes, size)[0, 0].round().long().tolist()
+    moved = crop_points(point, boxes, size)[0, 0]
+    assert torch.allclose(moved, torch.tensor([(10 - 3) * 31 / 19, (12 - 5) * 31 / 19]))
+    assert abs(cropped[0, 0, y, x] - (3 + x * 19 / 31)) < 1e-3 and abs(cropped[0, 1, y, x] - (5 + y * 19 / 31)) < 1e-3
+
+
+def test_augment_pair_and_points_crops_like_augment_pair():
+    frames = torch.randint(0, 255, (6, 64, 64, 3), dtype=torch.uint8)
+    points = template(3)
+    plain = augment_pair(frames[:3], frames[3:], torch.Generator().manual_seed(4))
+    source, target, source_points, target_points = augment_pair_and_points(
+        frames[:3], frames[3:], points, points + 1, torch.Generator().manual_seed(4))
+    assert torch.equal(plain[0], source) and torch.equal(plain[1], target)
+    assert source_points.shape == (3, 68, 2) and not torch.allclose(source_points, points)
+
+
+def test_the_pair_dataset_delivers_the_cached_landmarks(tmp_path):
+    cache = build_demo_cache(tmp_path / "demo", size=64, frames_per_track=4, tracks_per_identity=1)
+    track = cache.tracks[0].track_id
+    item = FacePairDataset(cache, landmarks=True)[(track, 1, 3)]
+    expected = torch.from_numpy(cache.landmarks(track)[[1, 3]])
+    assert torch.equal(item["source_landmarks"], expected[0]) and torch.equal(item["target_landmarks"], expected[1])
+    assert "source_landmarks" not in FacePairDataset(cache)[(track, 1, 3)]
+
+
+def test_landmark_weights_default_off():
+    assert not uses_landmarks(TAELossWeights())
+    assert uses_landmarks(TAELossWeights(landmark_action_field=1.0))
+
+
+def test_same_crop_gives_each_pair_one_crop_and_keeps_the_draws():
+    frames = torch.randint(0, 255, (4, 64, 64, 3), dtype=torch.uint8)
+    source, target = augment_pair(frames, frames, torch.Generator().manual_seed(1), same_crop=True)
+    assert torch.equal(source, target)
+    independent = augment_pair(frames, frames, torch.Generator().manual_seed(1))
+    assert torch.equal(independent[0], source) and not torch.equal(independent[1], target)
+    points = template(4)
+    *_, source_points, target_points = augment_pair_and_points(frames, frames, points, points,
+                                                               torch.Generator().manual_seed(1), same_crop=True)
+    assert torch.equal(source_points, target_points)

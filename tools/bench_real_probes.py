@@ -1,0 +1,353 @@
+"""Real-video benchmark without human labels: do pretrained embeddings predict facial actions and head pose?
+
+    python tools/bench_real_probes.py --out runs/bench_real_probes            # prepare, pretrain, measure
+    python tools/bench_real_probes.py --out runs/bench_real_probes --steps 2000   # continue every row further
+
+One run does everything and resumes where a previous run of the same ``--out`` stopped
+(the cache, the reference signals, each pretraining row and its checkpoints are kept):
+
+1. **cache**: ``<shared>/data/pretrain`` (31 clips, ~7.6k frames) through ``video-fer prepare``'s code
+   (MediaPipe, every frame, 256 px) into ``--cache``, then re-encoded at ``--size`` (``<cache>_<size>``).
+2. **references** (video_fer.evaluate.real_references), once per frame: MediaPipe blendshapes mapped to
+   AU intensities (``--au-map``; default the raw action blendshapes) and head pitch/yaw/roll from
+   MediaPipe's facial transformation matrix on the source frames.
+3. **split** by clip (:data:`TEST_CLIPS`, identity-disjoint): pretraining and the probes' fitting use
+   the other clips only.
+4. **pretraining**: ``recipes/pretrain_video.py`` per row (``--models``, ``--extra``), the same steps,
+   batch, seed and data; a checkpoint every ``steps / --curve-points`` steps for the learning curves.
+5. **probes** (video_fer.evaluate.real_probes) on single frames: each model's action and pose
+   embeddings, the untrained encoder, HOG, PCA of raw pixels, aligned landmarks; ridge fitted on the
+   fit clips, Pearson r on the test clips; the pair version on changes between two frames of a track.
+
+Written to ``<out>``: ``bench_real_probes.md`` (tables), ``bench_real_probes.json`` (every number, per
+AU, per angle, per checkpoint), ``attention_fields.png`` (attention maps and both fields of test faces),
+``curves.png`` (probe scores against pairs seen).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from video_fer.data.cache import FaceTrackCache
+from video_fer.data.derived_caches import downscale_cache, subset_cache
+from video_fer.evaluate import real_probes as rp
+from video_fer.evaluate.pretrain_runs import checkpoint_models, run_pretraining
+from video_fer.evaluate.real_references import compute_references, load_au_mapping
+from video_fer.io import atomic_write
+from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The split, by clip. Every clip was looked at (three frames of each rendered side by side): two pairs of
+# voxstyle clips show one speaker each (voxstyle_00002 = voxstyle_517600055, a woman with long dark hair;
+# voxstyle_741400104 = voxstyle_741400163, a man with a goatee); every other clip shows a different person
+# (29 people). Both same-speaker pairs stay on the pretraining side. The test clips hold ~27 % of the frames
+# of each source (liveportrait 1191 of 4412, voxstyle 648 of 2474, retalking 199 of 706) and span what the
+# probes must read: strong deliberate actions (liveportrait d3 frowns, d9 cheek puffs and eye closure, d19
+# grimaces), interview speech (voxstyle) and a talking head (retalking); glasses on two test people
+# (and on four pretraining people). liveportrait_d6, the richest in actions, is kept for pretraining.
+TEST_CLIPS = ("liveportrait_d3", "liveportrait_d9", "liveportrait_d19",
+              "voxstyle_00098", "voxstyle_00473", "voxstyle_681100216", "retalking_4")
+SAME_SPEAKER = {"voxstyle_00002": "voxstyle_speaker_a", "voxstyle_517600055": "voxstyle_speaker_a",
+                "voxstyle_741400104": "voxstyle_speaker_b", "voxstyle_741400163": "voxstyle_speaker_b"}
+CYCLE_TERMS = ("pose_changed_keeps_action", "pose_changed_has_target_pose", "action_changed_keeps_pose",
+               "action_changed_has_target_action", "generated_has_target_pose", "generated_has_target_action",
+               "action_cycle", "pose_cycle")
+
+
+def model_variants(streams: int, landmark_weight: float) -> dict[str, list[str]]:
+    """The standard rows: name -> recipe overrides."""
+    tae = [f"model.attention_streams={streams}"]
+    return {"tcae": ["model.attention_streams=0"], "tae": tae,
+            "no_cycles": tae + [f"loss.weights.{term}=0" for term in CYCLE_TERMS],
+            "tae_landmarks": tae + [f"loss.weights.landmark_pose_field={landmark_weight}",
+                                    f"loss.weights.landmark_action_field={landmark_weight}"]}
+
+
+def parse_extra(items: list[str]) -> dict[str, list[str]]:
+    """``NAME=key=value,key=value`` -> {NAME: [key=value, ...]} (rows the diagnosis adds)."""
+    rows = {}
+    for item in items:
+        name, _, overrides = item.partition("=")
+        if not name or not overrides:
+            raise SystemExit(f"--extra {item!r}: expected NAME=key=value[,key=value...]")
+        rows[name] = [o for o in overrides.split(",") if o]
+    return rows
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as handle:
+        handle.write(text)
+
+
+def prepare_data(args) -> tuple[FaceTrackCache, Path, Path]:
+    """The source-size cache with references, the model-size cache, and the pretraining view (fit clips)."""
+    from video_fer.data.prepare import prepare_videos
+
+    cache_root = Path(args.cache)
+    model_file = Path(args.shared) / "models" / "mediapipe" / "face_landmarker.task"
+    prepare_videos(Path(args.shared) / "data" / "pretrain", cache_root, landmarker_options={"model_path": str(model_file)},
+                   size=args.source_size, progress=False)
+    source = FaceTrackCache(cache_root)
+    counts = compute_references(source, model_file)
+    print(f"references: {counts}", flush=True)
+    model_cache = cache_root if args.size == source.size else Path(f"{cache_root}_{args.size}")
+    if model_cache != cache_root:
+        downscale_cache(source, model_cache, args.size, progress=False)
+    keys = sorted({track["video_key"] for track in source.tracks})
+    missing = sorted(set(args.test_clips) - set(keys))
+    if missing:
+        raise SystemExit(f"{cache_root}: test clips {missing} are not in the cache; check {args.shared}/data/pretrain")
+    fit_keys = [key for key in keys if key not in args.test_clips]
+    view = Path(f"{model_cache}_pretrain_view")
+    subset_cache(model_cache, view, fit_keys, {key: SAME_SPEAKER.get(key, key) for key in fit_keys})
+    return source, model_cache, view
+
+
+def common_overrides(args, view: Path) -> list[str]:
+    save_every = max(args.steps // args.curve_points, 1)
+    return [f"data.cache={view}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
+            f"train.seed={args.seed}", f"model.image_size={args.size}", f"model.width={args.width}",
+            f"model.embedding_dim={args.embedding_dim}", f"model.stream_width={args.stream_width}",
+            "data.val_fraction=0", "train.validate=false", "data.num_workers=0", "data.preload=true", "train.log_every=10",
+            f"train.save_every={save_every}", "train.keep_checkpoints=0", f"train.image_every={max(args.steps // 4, 1)}",
+            f"data.pairs_per_epoch={args.batch_size * 100}", "data.augment=true", *args.recipe_override]
+
+
+def baseline_features(frames, split, args) -> dict[str, torch.Tensor]:
+    started = time.process_time()
+    features = {"hog": rp.hog_features(frames.images),
+                "pixels_pca": rp.pixel_pca_features(frames.images, split.fit, args.embedding_dim),
+                "landmarks": rp.landmark_features(frames.landmarks, args.size)}
+    print(f"baseline features: {(time.process_time() - started) / 60:.1f} CPU min", flush=True)
+    return features
+
+
+def diagnostics(model, frames, pairs, args) -> dict:
+    """Within-clip variance share of both embeddings, and the fields at landmarks of test pairs (px at 256)."""
+    features = rp.encoder_features(model.encoder, frames.images)
+    test_pairs = (pairs.test[0][:args.field_pairs], pairs.test[1][:args.field_pairs])
+    return {"within_clip_share_action": rp.within_clip_share(features["action"], frames.clips),
+            "within_clip_share_pose": rp.within_clip_share(features["pose"], frames.clips),
+            "landmark_epe": rp.landmark_field_errors(model, frames, test_pairs)}
+
+
+def figure_pairs(frames, split, count: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One pair per test track (up to ``count``): its calmest frame -> its most active frame (AU sum)."""
+    first, second, titles = [], [], []
+    activity = np.nan_to_num(frames.aus).sum(1)
+    for track in sorted(set(frames.tracks[split.test]))[:: max(1, len(set(frames.tracks[split.test])) // count)][:count]:
+        rows = split.test[frames.tracks[split.test] == track]
+        first.append(rows[np.argmin(activity[rows])])
+        second.append(rows[np.argmax(activity[rows])])
+        titles.append(str(frames.clips[rows[0]]))
+    return np.array(first), np.array(second), titles
+
+
+def save_curves(path: Path, curves: dict, baselines: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("action → AU r", "action", "au_r"), ("pose → yaw r", "pose", "yaw_r"),
+              ("pair: action Δ → AU Δ r", "action", "pair_au_r")]
+    for axis, (title, embedding, key) in zip(axes, panels):
+        for name, points in curves.items():
+            axis.plot([p["pairs_seen"] for p in points], [p[embedding][key] for p in points], marker="o", label=name)
+        if key != "yaw_r":
+            for name in ("hog", "untrained"):
+                value = baselines[name][key]
+                axis.axhline(value, linestyle="--", linewidth=0.8, color="grey" if name == "hog" else "black")
+                axis.text(0, value, name, fontsize=6)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("pairs seen")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def report(results: dict) -> str:
+    def f(value):
+        return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+    rows = []
+    for name, result in results["encoders"].items():
+        action, pose = result["action"]["summary"], result["pose"]["summary"]
+        spent = results["pretraining"].get(name)
+        rows.append([name, f(action["au_r"]), f(pose["yaw_r"]), f(pose["angles_r"]), f(pose["au_r"]),
+                     f(action["angles_r"]), f(action["pair_au_r"]), f(pose["pair_angles_r"]), f(pose["pair_au_r"]),
+                     f(action["pair_angles_r"]), f"{spent['cpu_minutes']:.1f}" if spent else "-"])
+    for name, result in results["baselines"].items():
+        summary = result["summary"]
+        rows.append([f"{name} (baseline)", f(summary["au_r"]), f(summary["yaw_r"]), f(summary["angles_r"]), "-", "-",
+                     f(summary["pair_au_r"]), f(summary["pair_angles_r"]), "-", "-", "-"])
+    table = markdown_table(["features", "action→AU r", "pose→yaw r", "pose→angles r", "pose→AU r (cross)",
+                            "action→angles r (cross)", "pair: action→AU r", "pair: pose→angles r",
+                            "pair: pose→AU r (cross)", "pair: action→angles r (cross)", "pretraining CPU min"], rows)
+    curve_rows = []
+    for name, points in results["curves"].items():
+        for point in points:
+            curve_rows.append([name, str(point["step"]), str(point["pairs_seen"]), f(point["action"]["au_r"]),
+                               f(point["pose"]["yaw_r"]), f(point["pose"]["au_r"]), f(point["action"]["angles_r"]),
+                               f(point["action"]["pair_au_r"])])
+    curves = markdown_table(["model", "step", "pairs seen", "action→AU r", "pose→yaw r", "pose→AU r (cross)",
+                             "action→angles r (cross)", "pair: action→AU r"], curve_rows)
+    diagnostic_rows = []
+    for name, values in results.get("diagnostics", {}).items():
+        epe = values.get("landmark_epe", {})
+        scores = results["encoders"].get(name, {}).get("action") or results["baselines"].get(name, {})
+        diagnostic_rows.append([name, f(scores.get("summary", {}).get("centred_au_r")),
+                                f(values.get("within_clip_share_action", values.get("within_clip_share"))),
+                                f(values.get("within_clip_share_pose")), f(epe.get("pose")), f(epe.get("zero_pose")),
+                                f(epe.get("action")), f(epe.get("zero_action"))])
+    diagnostic_table = markdown_table(["features", "action→AU r, per-clip centred", "within-clip variance share (action / HOG)",
+                                       "within-clip share (pose)",
+                                       "pose field EPE at landmarks (px@256)", "zero field", "action field EPE at landmarks",
+                                       "zero field"], diagnostic_rows)
+    data, settings = results["data"], results["settings"]
+    lines = [
+        f"Data: {data['frames']} frames (every {settings['frame_step']}th) of {data['clips']} clips; probe-fit "
+        f"{data['fit_frames']} frames of {data['fit_clips']} clips, probe-test {data['test_frames']} frames of the "
+        f"clips {', '.join(data['test_clips'])} (other people).",
+        f"References: {data['au_mapping']}; mean AU r over the {len(data['active_aus'])} AUs that vary "
+        f"(std >= {rp.MIN_TEST_STD}) in both fit and test frames; head angles from MediaPipe's transformation matrix.",
+        f"Pretraining: recipes/pretrain_video.py, {settings['steps']} steps x batch {settings['batch_size']} at "
+        f"{settings['size']} px, width {settings['width']}, D {settings['embedding_dim']}, K {settings['streams']}, "
+        f"seed {settings['seed']}, on the fit clips only ({data['pretrain_tracks']} tracks); one seed.",
+        "Probes: ridge (penalty chosen on a quarter of the fit clips), Pearson r on the test clips. Pair version: "
+        f"{settings['pairs_per_track']} random frame pairs per track, feature change -> reference change.",
+        "", table, "", "Diagnostics on the test clips: the AU probe with features and references centred per clip "
+        "(actions within a person), how much of each embedding's variance lies within clips (the rest "
+        "tells people apart), and the fields of test pairs at their landmarks against the landmarks' rigid/residual split "
+        "(video_fer.train.losses.landmarks; EPE in px of a 256 px crop):", "", diagnostic_table, "", "Learning curves (the same probes at each kept checkpoint):", "", curves]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench_real_probes")
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared assets folder")
+    parser.add_argument("--cache", default=None, help="source-size cache folder (default <out>/real_cache)")
+    parser.add_argument("--source-size", type=int, default=256, help="crop side of the prepared cache")
+    parser.add_argument("--size", type=int, default=128, help="crop side the models see")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--embedding-dim", type=int, default=128)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--stream-width", type=int, default=32)
+    parser.add_argument("--landmark-weight", type=float, default=10.0, help="tae_landmarks: weight of both terms")
+    parser.add_argument("--models", nargs="*", default=["tcae", "tae", "no_cycles", "tae_landmarks"])
+    parser.add_argument("--extra", nargs="*", default=[], help="more rows: NAME=key=value,key=value (recipe overrides)")
+    parser.add_argument("--curve-points", type=int, default=5, help="checkpoints kept (and probed) per row")
+    parser.add_argument("--jobs", type=int, default=1, help="pretraining processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per pretraining process")
+    parser.add_argument("--frame-step", type=int, default=2, help="probe every n-th frame of each track")
+    parser.add_argument("--pairs-per-track", type=int, default=100)
+    parser.add_argument("--field-pairs", type=int, default=256, help="test pairs for the landmark field errors")
+    parser.add_argument("--au-map", default=None, help="a .py file with AU_NAMES and blendshapes_to_aus(scores, names)")
+    parser.add_argument("--test-clips", nargs="+", default=list(TEST_CLIPS),
+                        help="probe-test clips (video keys); default: the fixed identity-disjoint split above")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-curves", action="store_true", help="probe only the last checkpoint of each row")
+    parser.add_argument("--recipe-override", nargs="*", default=[], help="extra recipe overrides for every row")
+    args = parser.parse_args(argv)
+    args.cache = args.cache or str(Path(args.out) / "real_cache")
+    torch.set_num_threads(max(1, args.threads))
+    torch.set_flush_denormal(True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    # ---------------------------------------------------------------- data, split, pretraining
+    source, model_cache, view = prepare_data(args)
+    print(f"test clips: {', '.join(args.test_clips)}; same-speaker groups on the pretraining side: {SAME_SPEAKER}", flush=True)
+    standard = model_variants(args.streams, args.landmark_weight)
+    unknown = set(args.models) - set(standard)
+    if unknown:
+        raise SystemExit(f"--models {sorted(unknown)}: unknown; use --extra NAME=overrides for new rows")
+    variants = {name: standard[name] for name in args.models}  # pretrained in this order
+    variants.update(parse_extra(args.extra))
+    common = common_overrides(args, view)
+    spent = run_pretraining({name: common + extra for name, extra in variants.items()}, out, args.steps, args.jobs,
+                            args.threads)
+
+    # ---------------------------------------------------------------- frames, baselines
+    cache = FaceTrackCache(model_cache)
+    frames = rp.load_real_frames(cache, source.root, lambda names: load_au_mapping(args.au_map, names), args.frame_step)
+    split = rp.split_rows(frames.clips, args.test_clips)
+    pairs = rp.split_pairs(frames, split, args.pairs_per_track, args.seed)
+    active = rp.active_targets(frames.aus, split)
+    print(f"frames: {len(frames)} ({len(split.fit)} fit, {len(split.test)} test); {int(active.sum())} of "
+          f"{len(frames.au_names)} AUs vary in both", flush=True)
+    results = {"settings": vars(args), "pretraining": {k: v for k, v in spent.items() if k in variants}, "data": {
+        "frames": len(frames), "clips": int(len(set(frames.clips))), "fit_frames": int(len(split.fit)),
+        "test_frames": int(len(split.test)), "fit_clips": int(len(set(frames.clips[split.fit]))),
+        "test_clips": list(args.test_clips), "same_speaker": SAME_SPEAKER, "au_mapping": frames.mapping,
+        "active_aus": [n for n, keep in zip(frames.au_names, active) if keep],
+        "pretrain_tracks": len(FaceTrackCache(view).tracks),
+        "reference_std_test": {"aus": dict(zip(frames.au_names, frames.aus[split.test].std(0).tolist())),
+                               "angles": dict(zip(("pitch", "yaw", "roll"), frames.angles[split.test].std(0).tolist()))}},
+        "baselines": {}, "encoders": {}, "curves": {}}
+    for name, features in baseline_features(frames, split, args).items():
+        results["baselines"][name] = rp.score_features(features, frames, split, pairs, active).to_dict()
+        print(f"probed {name}: {results['baselines'][name]['summary']}", flush=True)
+
+    # ---------------------------------------------------------------- encoders and curves
+    config = TAEConfig(image_size=args.size, width=args.width, embedding_dim=args.embedding_dim,
+                       attention_streams=args.streams, stream_width=args.stream_width, zero_init_flow=True)
+    torch.manual_seed(args.seed)  # the recipe's seed: the untrained model is the TAE's starting point
+    untrained = TwinCycleAutoencoder(config)
+    results["encoders"]["untrained"] = rp.score_encoder(rp.encoder_features(untrained.encoder, frames.images),
+                                                        frames, split, pairs, active)
+    results["diagnostics"] = {"untrained": diagnostics(untrained, frames, pairs, args)}
+    hog = rp.hog_features(frames.images)
+    results["diagnostics"]["hog"] = {"within_clip_share": rp.within_clip_share(hog, frames.clips)}
+    results["baselines"]["untrained"] = results["encoders"]["untrained"]["action"]  # for the curves' reference lines
+    first, second, titles = figure_pairs(frames, split)
+    shown = {}
+    for name in variants:
+        points = []
+        checkpoints = list(checkpoint_models(out / "models" / name, args.steps))
+        for step, model in (checkpoints[-1:] if args.skip_curves else checkpoints):
+            scored = rp.score_encoder(rp.encoder_features(model.encoder, frames.images), frames, split, pairs, active)
+            points.append({"step": step, "pairs_seen": step * args.batch_size,
+                           **{emb: scored[emb]["summary"] for emb in scored}})
+            if step == checkpoints[-1][0]:
+                results["encoders"][name] = scored
+                shown[name] = rp.attention_and_fields(model, frames.images[first], frames.images[second])
+                results["diagnostics"][name] = diagnostics(model, frames, pairs, args)
+        results["curves"][name] = points
+        print(f"probed {name}: action {results['encoders'][name]['action']['summary']}, "
+              f"pose {results['encoders'][name]['pose']['summary']}", flush=True)
+    del results["baselines"]["untrained"]
+    results["minutes_total"] = (time.perf_counter() - started) / 60
+
+    text = report(results)
+    print("\n" + text)
+    write_text(out / "bench_real_probes.json", json.dumps(results, indent=2, default=str))
+    write_text(out / "bench_real_probes.md", text + "\n")
+    if shown:
+        rp.save_attention_sheet(out / "attention_fields.png", frames.images[first], frames.images[second], shown, titles)
+        save_curves(out / "curves.png", results["curves"], {
+            "hog": results["baselines"]["hog"]["summary"], "untrained": results["encoders"]["untrained"]["action"]["summary"]})
+    print(f"\nwritten: {out / 'bench_real_probes.md'}, {out / 'bench_real_probes.json'}, {out / 'attention_fields.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
