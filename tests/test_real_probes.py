@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from video_fer.data.cache import FaceTrackCache
 from video_fer.data.derived_caches import downscale_cache, rescale_points, subset_cache
 from video_fer.data.synthetic import build_demo_cache
 from video_fer.errors import ConfigError
