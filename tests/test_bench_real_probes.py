@@ -59,5 +59,9 @@ def test_the_benchmark_writes_its_tables_and_a_rerun_reuses_everything(tmp_path,
     assert "| tae_landmarks |" in (tmp_path / "run" / "bench_real_probes.md").read_text()
     assert (tmp_path / "run" / "attention_fields.png").stat().st_size > 0
     spent = (tmp_path / "run" / "pretraining.json").read_text()
-    assert tool.main(args) == 0  # finished rows are not pretrained again
-    assert (tmp_path / "run" / "pretraining.json").read_text() == spent
+    stored = tmp_path / "run" / "models" / "tae_landmarks" / "probes" / "step_00000004.json"
+    probed = stored.read_text()
+    assert tool.main(args) == 0  # finished rows are not pretrained again, probed checkpoints not probed again
+    assert (tmp_path / "run" / "pretraining.json").read_text() == spent and stored.read_text() == probed
+    rerun = json.loads((tmp_path / "run" / "bench_real_probes.json").read_text())
+    assert rerun["encoders"]["tae_landmarks"] == results["encoders"]["tae_landmarks"]

@@ -138,6 +138,24 @@ def diagnostics(model, frames, pairs, args) -> dict:
             "landmark_epe": rp.landmark_field_errors(model, frames, test_pairs)}
 
 
+def probe_key(args, with_diagnostics: bool) -> dict:
+    """What a checkpoint's probe scores depend on besides its weights (a stored result is reused only if equal)."""
+    return {"frame_step": args.frame_step, "pairs_per_track": args.pairs_per_track, "au_map": args.au_map,
+            "seed": args.seed, "test_clips": list(args.test_clips), "size": args.size, "min_std": rp.MIN_TEST_STD,
+            "field_pairs": args.field_pairs, "diagnostics": with_diagnostics, "version": 1}
+
+
+def cached(path: Path, key: dict, compute):
+    """``compute()`` once per checkpoint and settings: a rerun reads the stored result (JSON, written atomically)."""
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["value"]
+    value = json.loads(json.dumps(compute(), default=float))  # as it will read back
+    write_text(path, json.dumps({"key": key, "value": value}))
+    return value
+
+
 def figure_pairs(frames, split, count: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One pair per test track (up to ``count``): its calmest frame -> its most active frame (AU sum)."""
     first, second, titles = [], [], []
@@ -324,13 +342,17 @@ def main(argv=None) -> int:
         points = []
         checkpoints = list(checkpoint_models(out / "models" / name, args.steps))
         for step, model in (checkpoints[-1:] if args.skip_curves else checkpoints):
-            scored = rp.score_encoder(rp.encoder_features(model.encoder, frames.images), frames, split, pairs, active)
+            last = step == checkpoints[-1][0]
+            scored = cached(out / "models" / name / "probes" / f"step_{step:08d}.json", probe_key(args, last), lambda: {
+                "scores": rp.score_encoder(rp.encoder_features(model.encoder, frames.images), frames, split, pairs,
+                                           active),
+                "diagnostics": diagnostics(model, frames, pairs, args) if last else None})
             points.append({"step": step, "pairs_seen": step * args.batch_size,
-                           **{emb: scored[emb]["summary"] for emb in scored}})
-            if step == checkpoints[-1][0]:
-                results["encoders"][name] = scored
+                           **{emb: scored["scores"][emb]["summary"] for emb in scored["scores"]}})
+            if last:
+                results["encoders"][name] = scored["scores"]
                 shown[name] = rp.attention_and_fields(model, frames.images[first], frames.images[second])
-                results["diagnostics"][name] = diagnostics(model, frames, pairs, args)
+                results["diagnostics"][name] = scored["diagnostics"]
         results["curves"][name] = points
         print(f"probed {name}: action {results['encoders'][name]['action']['summary']}, "
               f"pose {results['encoders'][name]['pose']['summary']}", flush=True)
