@@ -85,3 +85,12 @@ def test_centre_per_clip_removes_each_clips_mean():
     values = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [12.0, 2.0]])
     assert np.allclose(rp.centre_per_clip(values, clips), [[-1, -1], [1, 1], [-1, -1], [1, 1]])
     assert torch.allclose(rp.centre_per_clip(torch.from_numpy(values), clips), torch.tensor([[-1.0, -1], [1, 1], [-1, -1], [1, 1]]).double())
+
+
+def test_baseline_features_have_their_sizes_and_the_pixel_pca_is_deterministic():
+    images = torch.randint(0, 255, (12, 64, 64, 3), dtype=torch.uint8)
+    fit_rows = np.arange(8)
+    first, second = rp.pixel_pca_features(images, fit_rows, 4, side=16), rp.pixel_pca_features(images, fit_rows, 4, side=16)
+    assert first.shape == (12, 4) and torch.equal(first, second)
+    assert rp.hog_features(images).shape[0] == 12
+    assert rp.landmark_features(np.zeros((12, 68, 2)), 64).shape == (12, 136)

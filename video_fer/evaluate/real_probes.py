@@ -119,8 +119,8 @@ def pixel_pca_features(images: torch.Tensor, fit_rows: np.ndarray, dim: int, sid
     pixels = F.interpolate(as_model_images(images), size=(side, side), mode="area").flatten(1)
     fit = pixels[torch.from_numpy(fit_rows)]
     mean = fit.mean(0)
-    _, _, axes = torch.pca_lowrank(fit - mean, q=dim, center=False, niter=4)
-    return (pixels - mean) @ axes
+    _, _, axes = torch.linalg.svd(fit - mean, full_matrices=False)  # exact (a randomised PCA differs run to run)
+    return (pixels - mean) @ axes[:dim].T
 
 
 def landmark_features(landmarks: np.ndarray, size: int) -> torch.Tensor:
