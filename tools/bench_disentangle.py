@@ -389,6 +389,24 @@ def main(argv=None) -> int:
     results["baselines"] = {"hog": {key: hog[key] for key in ("action_au_f1", "action_au_pearson", "pose_motion_r2")}}
     results["baselines"]["hog"]["action_motion_r2"] = hog["pose_motion_r2"]
     print("measured the HOG baseline", flush=True)
+
+    # What the landmarks themselves say (the signal the landmark-guided fields pass on): the change of the 68 points,
+    # and its facial-action part (what the rigid3d head-motion fit leaves).
+    from video_fer.train.losses.landmarks import split_landmark_motion
+
+    def landmark_change(probe_pairs, rows, residual_only):
+        source = bank.landmarks[rows].repeat_interleave(args.probe_pairs_per_face, 0).float()
+        target = probe_pairs.pairs.landmarks.float()
+        change = split_landmark_motion(source, target)[1] if residual_only else target - source
+        return SimpleNamespace(action_change=change.flatten(1), pose_change=change.flatten(1))
+
+    for name, residual_only in (("landmarks", False), ("landmark residual (rigid3d)", True)):
+        scores = probe_scores(landmark_change(train_pairs, train_rows, residual_only),
+                              landmark_change(test_pairs, test_rows, residual_only), train_pairs, test_pairs,
+                              val_rows, args.au_threshold)
+        results["baselines"][name] = {key: scores[key] for key in ("action_au_f1", "action_au_pearson")}
+        results["baselines"][name]["action_motion_r2"] = scores["pose_motion_r2"]
+    print("measured the landmark baselines", flush=True)
     results["curves"] = {}
     for name in variants:  # the same measurements at every kept checkpoint: probe scores against pairs seen
         points = []
