@@ -92,8 +92,8 @@ def prepare_data(args) -> tuple[FaceTrackCache, Path, Path]:
 
     cache_root = Path(args.cache)
     model_file = Path(args.shared) / "models" / "mediapipe" / "face_landmarker.task"
-    prepare_videos(Path(args.shared) / "data" / "pretrain", cache_root, landmarker_options={"model_path": str(model_file)},
-                   size=args.source_size, progress=False)
+    prepare_videos(Path(args.shared) / "data" / "pretrain", cache_root, landmarker=args.landmarker,
+                   landmarker_options={"model_path": str(model_file)}, size=args.source_size, progress=False)
     source = FaceTrackCache(cache_root)
     counts = compute_references(source, model_file)
     print(f"references: {counts}", flush=True)
@@ -262,6 +262,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default=None, help="source-size cache folder (default <out>/real_cache)")
     parser.add_argument("--source-size", type=int, default=256, help="crop side of the prepared cache")
     parser.add_argument("--size", type=int, default=128, help="crop side the models see")
+    # One talking head per clip, face large in the frame: the whole-frame landmarker finds every face, and the
+    # published tables were made with it (a cache made with another front end is refused by prepare).
+    parser.add_argument("--landmarker", default="mediapipe", help="prepare's front end for the cache")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--width", type=int, default=16)
