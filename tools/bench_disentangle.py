@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,40 +43,15 @@ from video_fer.data.synthetic import AU_NAMES, HEAD_MOTION_NAMES, animate_faces,
 from video_fer.evaluate.disentangle import make_probe_pairs, measure_pairs, nanmean
 from video_fer.io import atomic_write
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
+from video_fer.evaluate.pretrain_runs import model_variants, parse_extra, run_pretraining
 from video_fer.evaluate.probes import f1_per_column, logistic_probe, ridge_probe
 from video_fer.train.checkpoints import latest_checkpoint, list_checkpoints, step_of_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CYCLE_TERMS = ("pose_changed_keeps_action", "pose_changed_has_target_pose", "action_changed_keeps_pose",
-               "action_changed_has_target_action", "generated_has_target_pose", "generated_has_target_action",
-               "action_cycle", "pose_cycle")
-
-
 def write_text(path: Path, text: str) -> None:
     with atomic_write(path) as handle:  # a rerun never finds half a file
         handle.write(text)
-
-
-def model_variants(streams: int, landmark_weight: float = 10.0) -> dict[str, list[str]]:
-    """Pretrained models: name -> recipe overrides."""
-    return {"tcae": ["model.attention_streams=0"],
-            "tae": [f"model.attention_streams={streams}"],
-            "no_cycles": [f"model.attention_streams={streams}"] + [f"loss.weights.{term}=0" for term in CYCLE_TERMS],
-            "tae_landmarks": [f"model.attention_streams={streams}",  # [ours] landmark-guided fields
-                              f"loss.weights.landmark_pose_field={landmark_weight}",
-                              f"loss.weights.landmark_action_field={landmark_weight}"]}
-
-
-def parse_extra(items: list[str]) -> dict[str, list[str]]:
-    """``NAME=key=value,key=value`` -> {NAME: [key=value, ...]} (rows a diagnosis adds)."""
-    rows = {}
-    for item in items:
-        name, _, overrides = item.partition("=")
-        if not name or not overrides:
-            raise SystemExit(f"--extra {item!r}: expected NAME=key=value[,key=value...]")
-        rows[name] = [o for o in overrides.split(",") if o]
-    return rows
 
 
 def safe_name(identity: str) -> str:
@@ -111,53 +84,6 @@ def split_identities(identities: list[str], test_fraction: float, seed: int) -> 
     count = min(max(1, round(test_fraction * len(names))), len(names) - 1)
     test = sorted(names[i] for i in order[:count])
     return [n for n in names if n not in test], test
-
-
-def pretrain_command(name: str, overrides: list[str], cache: Path, out: Path, args) -> list[str]:
-    return [sys.executable, str(ROOT / "recipes" / "pretrain_video.py"), f"data.cache={cache}",
-            f"train.output_dir={out / 'models' / name}", f"train.max_steps={args.steps}",
-            f"train.batch_size={args.batch_size}", f"train.seed={args.seed}", f"model.image_size={args.size}",
-            "data.val_fraction=0", "train.validate=false", "data.num_workers=0", "train.log_every=10",
-            f"train.save_every={max(args.steps // args.curve_points, 1)}", "train.keep_checkpoints=0",
-            f"train.image_every={max(args.steps // 4, 1)}",
-            f"data.pairs_per_epoch={args.batch_size * 100}", *args.recipe_override, *overrides,
-            "--resume"]  # last: it takes an optional value
-
-
-def run_pretraining(variants: dict[str, list[str]], cache: Path, out: Path, args) -> dict[str, dict]:
-    """Pretrain every variant (``args.jobs`` processes at once); name -> {cpu_minutes, wall_minutes, steps}."""
-    stats_path = out / "pretraining.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    waiting = [name for name in variants if stats.get(name, {}).get("steps") != args.steps]
-    running: dict[int, tuple[str, subprocess.Popen, float, object]] = {}
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    while waiting or running:
-        while waiting and len(running) < args.jobs:
-            name = waiting.pop(0)
-            (out / "models" / name).mkdir(parents=True, exist_ok=True)
-            log = open(out / "models" / name / "pretrain.log", "a")
-            process = subprocess.Popen(pretrain_command(name, variants[name], cache, out, args), stdout=log,
-                                       stderr=subprocess.STDOUT, env=environment)
-            running[process.pid] = (name, process, time.perf_counter(), log)
-            print(f"pretraining {name} (pid {process.pid}), log: {out / 'models' / name / 'pretrain.log'}", flush=True)
-        pid, status, usage = os.wait4(-1, 0)
-        if pid not in running:
-            continue
-        name, process, started, log = running.pop(pid)
-        log.close()
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            for _, other, _, _ in running.values():  # the others' checkpoints stay for a rerun to resume
-                other.terminate()
-            raise SystemExit(f"pretraining {name} failed (exit {code}); see {out / 'models' / name / 'pretrain.log'}")
-        previous = stats.get(name, {})  # a resumed run adds to the time already spent
-        stats[name] = {"steps": args.steps,
-                       "cpu_minutes": previous.get("cpu_minutes", 0.0) + (usage.ru_utime + usage.ru_stime) / 60,
-                       "wall_minutes": previous.get("wall_minutes", 0.0) + (time.perf_counter() - started) / 60}
-        write_text(stats_path, json.dumps(stats, indent=2))
-        print(f"pretrained {name}: {stats[name]['cpu_minutes']:.1f} CPU min, {stats[name]['wall_minutes']:.1f} min",
-              flush=True)
-    return stats
 
 
 def load_pretrained(name: str, config: TAEConfig, out: Path, checkpoint: Path | None = None) -> TwinCycleAutoencoder:
@@ -331,12 +257,17 @@ def main(argv=None) -> int:
                                  [bank.identities[i] for i in train_rows], args.frames_per_track,
                                  args.tracks_per_identity, args.seed,
                                  settings={"faces": description, "identities": train_ids})
-    model_overrides = [f"model.width={args.width}", f"model.embedding_dim={args.embedding_dim}",
+    model_overrides = [f"data.cache={out / 'pretrain_cache'}", f"train.max_steps={args.steps}",
+                       f"train.batch_size={args.batch_size}", f"train.seed={args.seed}", f"model.image_size={args.size}",
+                       "data.val_fraction=0", "train.validate=false", "data.num_workers=0", "train.log_every=10",
+                       f"train.save_every={max(args.steps // args.curve_points, 1)}", "train.keep_checkpoints=0",
+                       f"train.image_every={max(args.steps // 4, 1)}", f"data.pairs_per_epoch={args.batch_size * 100}",
+                       *args.recipe_override, f"model.width={args.width}", f"model.embedding_dim={args.embedding_dim}",
                        f"model.stream_width={args.stream_width}"]
     variants = {name: model_overrides + extra for name, extra in model_variants(args.streams, args.landmark_weight).items()
                 if name in args.models}
     variants.update({name: model_overrides + extra for name, extra in parse_extra(args.extra).items()})
-    spent = run_pretraining(variants, out / "pretrain_cache", out, args)
+    spent = run_pretraining(variants, out, args.steps, args.jobs, args.threads)
 
     # ---------------------------------------------------------------- measurements
     def pairs_of(rows, seed):

@@ -37,7 +37,7 @@ import torch
 from video_fer.data.cache import FaceTrackCache
 from video_fer.data.derived_caches import downscale_cache, subset_cache
 from video_fer.evaluate import real_probes as rp
-from video_fer.evaluate.pretrain_runs import checkpoint_models, run_pretraining
+from video_fer.evaluate.pretrain_runs import checkpoint_models, model_variants, parse_extra, run_pretraining
 from video_fer.evaluate.real_references import compute_references, load_au_mapping
 from video_fer.io import atomic_write
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
@@ -56,31 +56,6 @@ TEST_CLIPS = ("liveportrait_d3", "liveportrait_d9", "liveportrait_d19",
               "voxstyle_00098", "voxstyle_00473", "voxstyle_681100216", "retalking_4")
 SAME_SPEAKER = {"voxstyle_00002": "voxstyle_speaker_a", "voxstyle_517600055": "voxstyle_speaker_a",
                 "voxstyle_741400104": "voxstyle_speaker_b", "voxstyle_741400163": "voxstyle_speaker_b"}
-CYCLE_TERMS = ("pose_changed_keeps_action", "pose_changed_has_target_pose", "action_changed_keeps_pose",
-               "action_changed_has_target_action", "generated_has_target_pose", "generated_has_target_action",
-               "action_cycle", "pose_cycle")
-
-
-def model_variants(streams: int, landmark_weight: float) -> dict[str, list[str]]:
-    """The standard rows: name -> recipe overrides."""
-    tae = [f"model.attention_streams={streams}"]
-    return {"tcae": ["model.attention_streams=0"], "tae": tae,
-            "no_cycles": tae + [f"loss.weights.{term}=0" for term in CYCLE_TERMS],
-            "tae_landmarks": tae + [f"loss.weights.landmark_pose_field={landmark_weight}",
-                                    f"loss.weights.landmark_action_field={landmark_weight}"]}
-
-
-def parse_extra(items: list[str]) -> dict[str, list[str]]:
-    """``NAME=key=value,key=value`` -> {NAME: [key=value, ...]} (rows the diagnosis adds)."""
-    rows = {}
-    for item in items:
-        name, _, overrides = item.partition("=")
-        if not name or not overrides:
-            raise SystemExit(f"--extra {item!r}: expected NAME=key=value[,key=value...]")
-        rows[name] = [o for o in overrides.split(",") if o]
-    return rows
-
-
 def write_text(path: Path, text: str) -> None:
     with atomic_write(path) as handle:
         handle.write(text)

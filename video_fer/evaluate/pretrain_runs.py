@@ -20,6 +20,31 @@ from video_fer.io import atomic_write
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "pretrain_video.py"
 
+CYCLE_TERMS = ("pose_changed_keeps_action", "pose_changed_has_target_pose", "action_changed_keeps_pose",
+               "action_changed_has_target_action", "generated_has_target_pose", "generated_has_target_action",
+               "action_cycle", "pose_cycle")
+
+
+def model_variants(streams: int, landmark_weight: float = 10.0) -> dict[str, list[str]]:
+    """The standard rows of the pretraining benchmarks: name -> recipe overrides."""
+    tae = [f"model.attention_streams={streams}"]
+    return {"tcae": ["model.attention_streams=0"], "tae": tae,
+            "no_cycles": tae + [f"loss.weights.{term}=0" for term in CYCLE_TERMS],
+            "tae_landmarks": tae + [f"loss.weights.landmark_pose_field={landmark_weight}",
+                                    f"loss.weights.landmark_action_field={landmark_weight}"]}
+
+
+def parse_extra(items: list[str]) -> dict[str, list[str]]:
+    """``NAME=key=value,key=value`` -> {NAME: [key=value, ...]} (rows the diagnosis adds)."""
+    rows = {}
+    for item in items:
+        name, _, overrides = item.partition("=")
+        if not name or not overrides:
+            raise SystemExit(f"--extra {item!r}: expected NAME=key=value[,key=value...]")
+        rows[name] = [o for o in overrides.split(",") if o]
+    return rows
+
+
 
 def pretrain_command(run_dir: Path, overrides: Sequence[str]) -> list[str]:
     """The recipe's command line for one row (``--resume`` last: it takes an optional value)."""
