@@ -538,6 +538,10 @@ def test_a_garbled_track_in_pretraining_is_named_or_skipped(recipe, pretrain_cac
     following = sampler.track_ids[(sampler.track_ids.index(bad_id) + 1) % len(tracks)]
     assert torch.equal(item["source"], FaceTrackCache(cache).read_frames(following, [0])[0])
     assert dataset.bad_tracks == {bad_id}
+    guided = FacePairDataset(FaceTrackCache(cache), sampler, skip_bad_tracks=True, landmarks=True)
+    item = guided[(bad_id, 0, 5)]  # the landmarks come with the frames actually read
+    expected = torch.from_numpy(FaceTrackCache(cache).landmarks(following)[[0, 5]]).float()
+    assert torch.equal(item["source_landmarks"], expected[0]) and torch.equal(item["target_landmarks"], expected[1])
 
 
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumed(recipe, tmp_path):

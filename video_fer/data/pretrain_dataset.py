@@ -77,6 +77,7 @@ class FacePairDataset(Dataset):
         self.skip_bad_tracks = skip_bad_tracks
         self.landmarks = landmarks
         self.bad_tracks: set[str] = set()  # found in this process
+        self._row_of: dict[str, int] | None = None  # sampler row of each track, made on first need
 
     def __len__(self) -> int:
         if self.sampler is None:
@@ -98,7 +99,7 @@ class FacePairDataset(Dataset):
         if not self.skip_bad_tracks or self.sampler is None:
             return self.cache.read_frames(track_id, [frame_a, frame_b]), track_id, frame_a, frame_b
         ids, lengths = self.sampler.track_ids, self.sampler.num_frames
-        if getattr(self, "_row_of", None) is None:
+        if self._row_of is None:
             self._row_of = {track: row for row, track in enumerate(ids)}
         start = self._row_of[track_id]
         for step in range(len(ids)):
