@@ -9,7 +9,6 @@ where only a real process shows it: a file size limit, ``kill -9``, ``accelerate
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ from bad_inputs import (broken_videos, bundle_dir, corpus_dir, mediapipe, pretra
 from video_fer.cli import main as video_fer_main
 from video_fer.errors import CheckpointError, ConfigError, OutputError, VideoFerError
 from video_fer.train.run import run_recipe
+from scripts import load_script
 
 PROJECT = Path(__file__).resolve().parents[1]
 RECIPES = PROJECT / "recipes"
@@ -80,11 +80,7 @@ def child(command, preexec=None, cwd=None, timeout=300) -> subprocess.CompletedP
 
 # =========================================================================== recipes, loaded once
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"bad_inputs_recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPES / f"{name}.py", f"bad_inputs_recipe_{name}")
 
 
 RECIPE_NAMES = ("pretrain_video", "finetune_expression", "finetune_va", "finetune_au")

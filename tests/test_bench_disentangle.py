@@ -1,9 +1,10 @@
 """tools/bench_disentangle.py end to end at a tiny size (demo photos only, one model, two steps)."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from scripts import load_script
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_disentangle.py"
 TINY = ["--shared", "{tmp}/no_shared", "--steps", "2", "--batch-size", "2", "--quick", "--models", "tae", "--jobs", "1",
@@ -12,10 +13,7 @@ TINY = ["--shared", "{tmp}/no_shared", "--steps", "2", "--batch-size", "2", "--q
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("bench_disentangle", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOL, "bench_disentangle")
 
 
 @pytest.mark.usefixtures("one_torch_thread")

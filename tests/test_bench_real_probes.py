@@ -1,19 +1,17 @@
 """tools/bench_real_probes.py end to end at a tiny size: three short clips cut from a shared video, one model."""
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from scripts import load_script
+
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_real_probes.py"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("bench_real_probes", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOL, "bench_real_probes")
 
 
 def cut_clips(video: Path, folder: Path, names: list[str], frames_each: int) -> None:

@@ -1,6 +1,4 @@
 """YAML config + dotted command-line overrides (video_fer.config)."""
-import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -8,17 +6,14 @@ import pytest
 
 from video_fer.config import config_to_dict, load_config, parse_override
 from video_fer.errors import ConfigError
+from scripts import load_script
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain_video.py"
 
 
 def recipe_schema():
     """The pretraining schema, which sits at the top of recipes/pretrain_video.py."""
-    spec = importlib.util.spec_from_file_location("pretrain_video_schema", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module.PretrainConfig
+    return load_script(RECIPE, "pretrain_video_schema").PretrainConfig
 
 
 PretrainConfig = recipe_schema()

@@ -1,5 +1,4 @@
 """AU fine-tuning: class weights, sampling, the crop dataset, the model, and recipes/finetune_au.py end to end."""
-import importlib.util
 import json
 import shutil
 import sys
@@ -22,6 +21,7 @@ from video_fer.faces.alignment import AlignmentSpec
 from video_fer.models.tae import FaceActionEncoder, TAEConfig
 from video_fer.train.logs import read_csv_log
 from video_fer.train.run import run_recipe as run_with_error_exit
+from scripts import load_script
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = PROJECT_ROOT / "recipes" / "finetune_au.py"
@@ -180,12 +180,8 @@ def test_sequence_videos_keep_frame_order_per_subject_and_task(tmp_path):
 @pytest.fixture(scope="module")
 def recipe():
     """recipes/finetune_au.py loaded once and run in this process (no interpreter + torch start per run)."""
-    spec = importlib.util.spec_from_file_location("finetune_au_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script(RECIPE, "finetune_au_recipe")
+    sys.modules.pop("finetune_au_recipe", None)
 
 
 @dataclass

@@ -1,7 +1,5 @@
 """The expression and valence/arousal recipes run end to end, write their outputs and resume."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +10,13 @@ from video_fer.models.checkpoint import load_model
 from video_fer.data.synthetic import MIRROR_68
 from video_fer.errors import ConfigError
 from video_fer.train.logs import read_csv_log
+from scripts import load_script
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPES / f"{name}.py", f"recipe_{name}")
 
 
 @pytest.fixture(scope="module")

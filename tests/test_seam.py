@@ -5,7 +5,6 @@ of a cache (data.dataset=blendshapes), finetune_expression and finetune_va train
 `video-fer bundle` takes the four outputs as the recipes wrote them, adds the default's head pose
 and gaze, and `video-fer track` writes their columns for every frame of single_face.mp4.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 
 from video_fer.cli import main as cli_main
 from video_fer.track.table import metadata_path, read_table
+from scripts import load_script
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = PROJECT_ROOT / "recipes"
@@ -28,11 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"seam_recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPES / f"{name}.py", f"seam_recipe_{name}")
 
 
 def test_recipes_to_bundle_to_track(tmp_path, shared_videos, mediapipe_model, capsys):
