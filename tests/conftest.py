@@ -60,6 +60,17 @@ def shared_media():
     return SharedMedia(SHARED)
 
 
+@pytest.fixture(scope="module")
+def zoom(shared_media):
+    """The ``mediapipe-zoom`` front end on the shared model file, one per test module."""
+    from video_fer.faces import create_landmarker
+
+    finder = create_landmarker("mediapipe-zoom", model_path=SHARED / "models" / "mediapipe" / "face_landmarker.task",
+                               blendshapes=False, detector_scores=False, download=False)
+    yield finder
+    finder.close()
+
+
 @pytest.fixture(scope="session")
 def single_face_mediapipe():
     """MediaPipe (VIDEO mode, every frame, ``track``'s landmarker settings) on single_face.mp4, and OpenFace's table.

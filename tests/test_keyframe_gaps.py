@@ -1,21 +1,16 @@
 """Keyframes never lose a face that every-frame landmarking finds (video_fer.faces.keyframes with a landmarker that
 follows faces, probes and landmarks crops: the mediapipe-zoom front end)."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from video_fer.evaluate.face_clips import build_clip
 from video_fer.evaluate.face_finding import find_faces_in_frames, find_faces_with_keyframes, match_faces
-from video_fer.faces import create_landmarker
 from video_fer.faces.boxes import boxes_from_points
 from video_fer.faces.keyframes import (DEFAULT_LANDMARK_EVERY, GAP_FILLED, INTERPOLATED, KeyframeLandmarks,
                                        match_keyframe_faces)
 from video_fer.faces.types import Face
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MODEL = SHARED / "models" / "mediapipe" / "face_landmarker.task"
 BASE = np.random.default_rng(1).uniform(0, 40, (68, 2)).astype(np.float32)
 
 
@@ -103,14 +98,6 @@ def test_a_keyframe_that_misses_the_face_is_filled_around_the_faces():
 def found_frames(clip, faces) -> set[int]:
     return {t for t, (truth, found) in enumerate(zip(clip.truth, faces))
             if truth and len(match_faces(truth, np.array([f.box for f in found]))[0]) == len(truth)}
-
-
-@pytest.fixture(scope="module")
-def zoom(shared_media):
-    finder = create_landmarker("mediapipe-zoom", model_path=MODEL, blendshapes=False, detector_scores=False,
-                               download=False)
-    yield finder
-    finder.close()
 
 
 @pytest.mark.parametrize("every", sorted({2, DEFAULT_LANDMARK_EVERY}))

@@ -76,14 +76,6 @@ def media(shared_media):
 
 
 @pytest.fixture(scope="module")
-def zoom(media):
-    finder = create_landmarker("mediapipe-zoom", model_path=MODEL, blendshapes=False, detector_scores=False,
-                               download=False)
-    yield finder
-    finder.close()
-
-
-@pytest.fixture(scope="module")
 def mediapipe_alone(media):
     landmarker = create_landmarker("mediapipe", model_path=MODEL, num_faces=8, blendshapes=False,
                                    detector_scores=False, download=False)
