@@ -32,6 +32,7 @@ with NativeLogFilter(enabled=sys.argv[1] == "quiet") as logs:
     lifecycle()
     os.write(2, b"native text that is not a log line\\n")
     os.write(2, b"\\rprogress 1\\rprogress 2")
+    os.write(2, b"INFO: [environment.cc:36] Creating LiteRT environment with options\\n")  # after a bar's text
     print("python text on stderr", file=sys.stderr)
 print(f"dropped {logs.dropped}")
 """
@@ -65,6 +66,10 @@ def test_track_is_quiet_unless_verbose(mediapipe_model, shared_videos, tmp_path)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     quiet = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT, env=environment)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    with_bar = subprocess.run([part for part in command if part != "--no-progress"], capture_output=True, text=True,
+                              timeout=300, cwd=PROJECT_ROOT, env=environment)
+    assert with_bar.returncode == 0 and "frame/s" in with_bar.stderr, with_bar.stderr
+    assert "INFO:" not in with_bar.stderr and "W0000" not in with_bar.stderr, with_bar.stderr
     verbose = subprocess.run(command + ["--verbose"], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
                              env=environment)
     assert verbose.returncode == 0 and "W0000" in verbose.stderr

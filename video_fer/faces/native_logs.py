@@ -24,7 +24,7 @@ import threading
 # absl/glog info and warning lines ("I0000 00:00:1733.. 123 file.cc:42] ..."), absl's pre-init notices, and
 # TFLite/LiteRT's "INFO: [file.cc:36] ..." / "INFO: Created TensorFlow Lite ..." lines. E and F lines pass.
 NATIVE_LOG_LINE = re.compile(
-    rb"^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
+    rb"(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
     rb"|INFO: (?:\[[\w./-]+:\d+\] |Created TensorFlow Lite)"
     rb"|WARNING: Logging before InitGoogle\(\)|WARNING: All log messages before absl::InitializeLog\(\))")
 _SEGMENT_END = re.compile(rb"[\r\n]")
@@ -60,9 +60,13 @@ class NativeLogFilter:
         return self
 
     def _forward(self, segment: bytes) -> None:
-        if NATIVE_LOG_LINE.match(segment):
+        """Write a segment on, without the native log line it ends with, if any. A log line can follow
+        a progress bar's text in one segment: the bar's text has no line end until its next ``\\r``."""
+        line = NATIVE_LOG_LINE.search(segment)
+        if line is not None:
             self.dropped += 1
-        elif segment:
+            segment = segment[:line.start()]
+        if segment:
             os.write(self._saved, segment)
 
     def _copy(self, read_end: int) -> None:
