@@ -57,6 +57,40 @@ def run_clip(landmarker, every, batch_size, frames=20, gap=None):
             keyframes)
 
 
+class AnnouncedLandmarker(ScriptedLandmarker):
+    """Records what is announced to ``prefetch`` too."""
+
+    def start_clip(self, source=None, fps=None):
+        super().start_clip(source, fps)
+        self.announced: list[int] = []
+
+    def prefetch(self, frames, frame_indices, timestamps):
+        assert [int(f[0, 0, 0]) for f in frames] == [int(i) for i in frame_indices]
+        self.announced += [int(i) for i in frame_indices]
+
+
+@pytest.mark.parametrize("every,batch_size", [(1, 4), (2, 3), (3, 7), (4, 1), (2, 20)])
+def test_announced_keyframes_are_the_keyframes_pushed_later(every, batch_size):
+    """prefetch picks the keyframes push will ask for (the end-of-clip keyframe of finish is not announced)."""
+    landmarker = AnnouncedLandmarker(lambda index: [face_at((index, 0))])
+    keyframes = KeyframeLandmarks(landmarker, every)
+    keyframes.start_clip("clip", 25.0)
+    indices = np.arange(19)
+    pixels = torch.from_numpy(np.broadcast_to(indices[:, None, None, None], (19, 2, 2, 3)).astype(np.uint8).copy())
+    batches = [slice(start, start + batch_size) for start in range(0, 19, batch_size)]
+    for number, batch in enumerate(batches):
+        if number == 0:
+            keyframes.prefetch(indices[batch], indices[batch] / 25.0, pixels[batch])
+        if number + 1 < len(batches):
+            following = batches[number + 1]
+            keyframes.prefetch(indices[following], indices[following] / 25.0, pixels[following])
+        keyframes.push(indices[batch], indices[batch] / 25.0, pixels[batch])
+        assert landmarker.announced[:len(landmarker.seen)] == landmarker.seen  # announced first, asked in order
+    keyframes.finish()
+    assert landmarker.announced == list(range(0, 19, every))
+    assert landmarker.seen == landmarker.announced + ([18] if 18 % every else [])
+
+
 def moving_face(index):
     return [face_at((1.0 * index + 0.1 * index ** 2, 100 - 2.0 * index))]  # curved path: mixing is not exact
 

@@ -200,6 +200,38 @@ def test_mediapipe_video_mode_on_clips(shared_videos, mediapipe_model):
         assert sum(len(per_frame) for per_frame in faces) == 0
 
 
+def _mesh_per_frame(faces_per_frame):
+    return [[face.native_landmarks for face in faces] for faces in faces_per_frame]
+
+
+def test_mediapipe_prefetched_calls_return_what_direct_calls_do(shared_videos, mediapipe_model):
+    """Work handed ahead to the worker thread comes back unchanged, in order; a call with other frames drops it."""
+    reader = VideoReader(shared_videos / "single_face.mp4")
+    batches = [np.arange(start, start + 8) for start in range(0, 48, 8)]
+    with create_landmarker("mediapipe", model_path=mediapipe_model, num_faces=2) as direct, \
+            create_landmarker("mediapipe", model_path=mediapipe_model, num_faces=2) as ahead:
+        direct.start_clip(str(reader.path), reader.fps)
+        ahead.start_clip(str(reader.path), reader.fps)
+        expected = [direct(reader.get(b), b, reader.timestamps[b]) for b in batches]
+        ahead.prefetch(reader.get(batches[0]), batches[0], reader.timestamps[batches[0]])
+        got = []
+        for number, indices in enumerate(batches[:4]):
+            if number + 1 < len(batches):  # one call ahead, as track announces its next batch
+                coming = batches[number + 1]
+                ahead.prefetch(reader.get(coming), coming, reader.timestamps[coming])
+            got.append(ahead(reader.get(indices), indices, reader.timestamps[indices]))
+        for mine, theirs in zip(got, expected):
+            assert [len(f) for f in mine] == [len(f) for f in theirs] == [1] * 8
+            for a, b in zip(_mesh_per_frame(mine), _mesh_per_frame(theirs)):
+                np.testing.assert_array_equal(np.stack(a), np.stack(b))
+        # batch 4 was announced; asking for batch 5 instead drops it and still landmarks batch 5
+        assert len(ahead._ahead) == 1
+        late = ahead(reader.get(batches[5]), batches[5], reader.timestamps[batches[5]])
+        assert not ahead._ahead and [len(f) for f in late] == [1] * 8
+        ahead.prefetch(reader.get(batches[0]), batches[0], reader.timestamps[batches[0]] + 10.0)
+    assert ahead._worker is None and not ahead._ahead  # closed with work pending: waited for, then shut down
+
+
 def test_mediapipe_timestamps_strictly_increase(mediapipe_model):
     landmarker = create_landmarker("mediapipe", model_path=mediapipe_model, detector_scores=False)
     stamps = landmarker._timestamps_ms(np.array([0.0, 0.0, 0.0004, 0.010, 0.0101, 0.5]), 6)

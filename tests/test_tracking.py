@@ -6,7 +6,7 @@ import pytest
 
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68
 from video_fer.faces.boxes import box_iou
-from video_fer.faces.tracking import FaceTracker, TrackingInputError, track_faces
+from video_fer.faces.tracking import FaceTracker, TrackingInputError, min_cost_assignment, track_faces
 
 try:
     from video_fer.faces.types import Face
@@ -206,3 +206,21 @@ def test_real_clip_face_then_no_face(shared_videos, mediapipe_model):
     np.testing.assert_array_equal(track.frame_indices, indices[: len(track)])
     assert all(result.frame_tracks[i] == [] for i in indices[len(track):])
     assert len(result.frames_without_face) == len(indices) - len(track) >= 20
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4), (3, 1), (2, 2), (3, 5), (5, 3), (5, 5), (0, 3), (7, 3), (8, 8)])
+def test_min_cost_assignment_matches_scipy(shape):
+    """Enumerated (small) and scipy (large) matchings reach scipy's least total cost, one pair per short-side item."""
+    from scipy.optimize import linear_sum_assignment
+
+    generator = np.random.default_rng(sum(shape))
+    for trial in range(30):
+        cost = generator.random(shape)
+        if trial % 3 == 0:  # forbidden pairs as the tracker writes them
+            cost = np.where(generator.random(shape) < 0.5, 1e6, cost)
+        rows, columns = min_cost_assignment(cost)
+        expected_rows, expected_columns = linear_sum_assignment(cost)
+        assert len(rows) == len(columns) == min(shape)
+        assert len(set(rows.tolist())) == len(rows) and len(set(columns.tolist())) == len(columns)
+        assert np.all(np.diff(rows) > 0)
+        assert cost[rows, columns].sum() == pytest.approx(cost[expected_rows, expected_columns].sum())

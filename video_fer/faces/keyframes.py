@@ -199,6 +199,7 @@ class KeyframeLandmarks:
 
     def _reset(self) -> None:
         self._seen = 0  # processed frames pushed so far in this clip
+        self._announced = 0  # processed frames handed to prefetch so far in this clip
         self._pending: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []  # frames after the latest keyframe
         self._last_key: tuple[int, list[Face]] | None = None  # (position, faces) of the latest keyframe
         self.keyframes = self.interpolated = self.gap_filled = self.probes = 0
@@ -217,6 +218,23 @@ class KeyframeLandmarks:
         if self._gap is None and self._gap_factory is not None:
             self._gap, self._own_gap = self._gap_factory(), True
         return self._gap if self._gap is not None else self.landmarker
+
+    def prefetch(self, frame_indices: np.ndarray, timestamps: np.ndarray, frames: torch.Tensor) -> None:
+        """Announce the batch that will be pushed after the current one: a landmarker that can work ahead
+        (``prefetch``, MediaPipe's VIDEO mode) starts on its keyframes in a worker thread. Optional; when used,
+        every batch must be announced, in the order of the pushes."""
+        import torch
+
+        ahead = getattr(self.landmarker, "prefetch", None)
+        frame_indices = np.asarray(frame_indices, np.int64)
+        if ahead is None or len(frame_indices) == 0:
+            return
+        positions = self._announced + np.arange(len(frame_indices))
+        self._announced += len(frame_indices)
+        keys = np.flatnonzero(positions % self.every == 0)  # the keyframes push will ask for
+        if len(keys):
+            ahead(torch.as_tensor(frames)[torch.from_numpy(keys)], frame_indices[keys],
+                  np.asarray(timestamps, np.float64)[keys])
 
     def push(self, frame_indices: np.ndarray, timestamps: np.ndarray, frames: torch.Tensor) -> LandmarkedFrames | None:
         """Add the next decoded batch; returns the frames up to its last keyframe (None if it has none).

@@ -14,11 +14,18 @@ landmark extent (optionally padded), the 52 blendshape scores, and a score (see
 
 Coordinates: MediaPipe's normalised x in [0, 1] spans the image edges, so a pixel centre
 ``i`` is at ``(i + 0.5) / W``; we return ``x * W - 0.5`` (origin at the top-left pixel centre).
+
+Working ahead (:meth:`MediaPipeLandmarker.prefetch`): a VIDEO-mode landmarker can be handed the
+frames of its next calls early; a worker thread landmarks them while the caller does other work
+(MediaPipe computes without the GIL), and the calls then return those results. Same results, in
+the same order, as calling directly.
 """
 from __future__ import annotations
 
+import collections
 import weakref
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -96,6 +103,8 @@ class MediaPipeLandmarker:
         self._landmarker = None
         self._detector = None
         self._last_timestamp_ms = -1
+        self._ahead: collections.deque[tuple[np.ndarray, Future]] = collections.deque()  # (frame indices, result)
+        self._worker: ThreadPoolExecutor | None = None
         self._open_tasks()
 
     # ----------------------------------------------------------------- task lifetime
@@ -113,6 +122,7 @@ class MediaPipeLandmarker:
         """(Re)create the landmarker (and detector) task in the configured running mode."""
         from mediapipe.tasks.python import BaseOptions, vision
 
+        self._drain()
         _close_tasks(self._tasks)
         running_mode = vision.RunningMode.VIDEO if self.mode == "video" else vision.RunningMode.IMAGE
         options = vision.FaceLandmarkerOptions(
@@ -146,7 +156,11 @@ class MediaPipeLandmarker:
             self._open_tasks()
 
     def close(self) -> None:
-        """Close the MediaPipe tasks (safe to call twice)."""
+        """Close the MediaPipe tasks and the worker of :meth:`prefetch` (safe to call twice)."""
+        self._drain()
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
         _close_tasks(self._tasks)
         self._landmarker = self._detector = None
 
@@ -158,15 +172,48 @@ class MediaPipeLandmarker:
 
     # ----------------------------------------------------------------- running
     def __call__(self, frames, frame_indices: Sequence[int], timestamps: Sequence[float]) -> list[list[Face]]:
-        """``frames`` uint8 ``(T, H, W, 3)`` RGB (numpy or torch), ``timestamps`` seconds ``(T,)`` -> faces per frame."""
-        import mediapipe as mp
+        """``frames`` uint8 ``(T, H, W, 3)`` RGB (numpy or torch), ``timestamps`` seconds ``(T,)`` -> faces per frame.
 
+        Frames handed to :meth:`prefetch` before come back from its worker (calls in the order of the prefetches)."""
+        if self._ahead:
+            indices, result = self._ahead[0]
+            if np.array_equal(indices, np.asarray(frame_indices, np.int64)):
+                self._ahead.popleft()
+                return result.result()
+            self._drain()  # not the frames announced: their results are dropped, these are landmarked now
+        frames = self._checked(frames)
+        return self._landmark(frames, self._timestamps_ms(np.asarray(timestamps, dtype=np.float64), len(frames)))
+
+    def prefetch(self, frames, frame_indices: Sequence[int], timestamps: Sequence[float]) -> None:
+        """Start landmarking the frames of a coming call in a worker thread (VIDEO mode; IMAGE mode ignores it).
+
+        The call with the same ``frame_indices`` returns the result; prefetches and calls must come in the same
+        order. A call with other frames first waits for and drops the prefetched ones."""
+        if self.mode != "video" or self.tiles:
+            return
+        frames = self._checked(frames)
+        timestamps_ms = self._timestamps_ms(np.asarray(timestamps, dtype=np.float64), len(frames))
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-fer-mediapipe")
+        self._ahead.append((np.asarray(frame_indices, np.int64).copy(),
+                            self._worker.submit(self._landmark, frames, timestamps_ms)))
+
+    def _drain(self) -> None:
+        """Wait for prefetched work and drop it (errors included: nobody asked for those frames)."""
+        while self._ahead:
+            self._ahead.popleft()[1].exception()
+
+    def _checked(self, frames) -> np.ndarray:
         if self._landmarker is None:
             raise RuntimeError("MediaPipeLandmarker is closed; create a new one")
         frames = frames.numpy() if hasattr(frames, "numpy") else np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 (T, H, W, 3) RGB, got {frames.dtype} {frames.shape}")
-        timestamps_ms = self._timestamps_ms(np.asarray(timestamps, dtype=np.float64), len(frames))
+        return frames
+
+    def _landmark(self, frames: np.ndarray, timestamps_ms: np.ndarray) -> list[list[Face]]:
+        import mediapipe as mp
+
         results = []
         for frame, timestamp_ms in zip(frames, timestamps_ms):
             if self.tiles:

@@ -1,7 +1,7 @@
 """Face tracks: follow each face from frame to frame.
 
-Faces of consecutive processed frames are matched by the Hungarian algorithm
-(:func:`scipy.optimize.linear_sum_assignment`) on a cost that adds the box overlap
+Faces of consecutive processed frames are matched by a minimum-cost assignment
+(:func:`min_cost_assignment`) on a cost that adds the box overlap
 (``1 - IoU``) to the mean landmark distance divided by the face size, both measured
 against a constant-velocity prediction of each track. A pair is only allowed when the
 boxes overlap enough, the landmarks moved less than a fraction of the face size and the
@@ -19,6 +19,8 @@ indices, so it means the same thing whatever step the video was sampled with.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -28,8 +30,50 @@ from video_fer.errors import VideoFerError
 from video_fer.faces.boxes import box_iou, box_size
 
 
+# up to this many tracks and faces, assignments are enumerated in numpy (at most 5! = 120); scipy's import
+# (~0.3 s, most of what `track` adds to start-up besides MediaPipe) is then never paid on clips of a few faces
+ENUMERATED_ASSIGNMENT = 5
+
+
 class TrackingInputError(VideoFerError, ValueError):
     """Faces or frame indices given to the tracker are malformed or out of order."""
+
+
+@functools.lru_cache(maxsize=None)
+def _matchings(rows: int, columns: int) -> np.ndarray:
+    """Every one-to-one matching of ``rows <= columns`` rows: ``(M, rows)`` column of each row."""
+    return np.array(list(itertools.permutations(range(columns), rows)), np.int64).reshape(-1, rows)
+
+
+def min_cost_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one-to-one matching of rows and columns with the least total cost, as
+    :func:`scipy.optimize.linear_sum_assignment` (``min(R, C)`` pairs; rows increasing).
+
+    Args:
+        cost: ``(R, C)`` float.
+
+    Returns:
+        ``(rows, columns)`` int64 ``(min(R, C),)``.
+    """
+    cost = np.asarray(cost, np.float64)
+    if cost.ndim != 2:
+        raise ValueError(f"cost must be 2-D, got shape {cost.shape}")
+    if max(cost.shape) > ENUMERATED_ASSIGNMENT:
+        from scipy.optimize import linear_sum_assignment
+
+        rows, columns = linear_sum_assignment(cost)
+        return rows.astype(np.int64), columns.astype(np.int64)
+    flipped = cost.shape[0] > cost.shape[1]
+    short = cost.T if flipped else cost  # one row per item of the short side
+    if short.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    matchings = _matchings(*short.shape)
+    best = matchings[np.argmin(short[np.arange(short.shape[0]), matchings].sum(1))]
+    rows, columns = np.arange(short.shape[0], dtype=np.int64), best
+    if flipped:
+        order = np.argsort(best)
+        rows, columns = best[order], rows[order]
+    return rows, columns
 
 
 @dataclass
@@ -267,9 +311,7 @@ class FaceTracker:
         cost = (1.0 - iou) + self.landmark_weight * motion
         # Forbidden pairs get a cost no allowed assignment can reach, and are discarded below.
         cost = np.where(allowed, cost, 1e6)
-        from scipy.optimize import linear_sum_assignment  # here: scipy's import is ~0.3 s of track's start-up
-
-        rows, cols = linear_sum_assignment(cost)
+        rows, cols = min_cost_assignment(cost)
         for row, col in zip(rows, cols):
             if allowed[row, col]:
                 matched[col] = self._active[row]

@@ -343,6 +343,12 @@ class ZoomFaceFinder:
         self._last_ms[id(landmarker)] = stamp
         return stamp
 
+    def prefetch(self, frames, frame_indices: Sequence[int], timestamps: Sequence[float]) -> None:
+        """Start the whole-frame landmarker on the frames of a coming call in a worker thread
+        (:meth:`MediaPipeLandmarker.prefetch <video_fer.faces.mediapipe_backend.MediaPipeLandmarker.prefetch>`);
+        the followers and the search run at the call, as they depend on what it finds."""
+        self.whole.prefetch(frames, frame_indices, timestamps)
+
     # ------------------------------------------------------------------ one call
     def __call__(self, frames, frame_indices: Sequence[int], timestamps: Sequence[float]) -> list[list[Face]]:
         """``frames`` uint8 ``(T, H, W, 3)`` RGB (numpy or torch), in clip order -> faces per frame."""

@@ -5,6 +5,8 @@ blendshapes, :mod:`video_fer.track.default_columns`) or a bundle (learned heads,
 the default's column groups; :mod:`video_fer.track.bundle`). Pipeline, streaming with bounded memory:
 
     thread "decode":     decode a batch (PyAV, sequential and synchronous), one batch ahead
+    thread "mediapipe":  MediaPipe's whole-frame landmarker on the next batch's keyframes, while
+                         the landmarks thread finishes this one (``KeyframeLandmarks.prefetch``)
     thread "landmarks":  landmarker on every ``landmark_every``-th frame only (MediaPipe VIDEO mode
                          tracks faces from keyframe to keyframe), landmarks of the frames in
                          between interpolated (:mod:`video_fer.faces.keyframes`) -> FaceTracker
@@ -336,7 +338,6 @@ def track_files(inputs: Sequence[str | os.PathLike], model=MEDIAPIPE, out: str |
         landmarker_future = _start_in_thread(create_track_landmarker, settings, blendshapes)
         try:
             bundle = _prepared_bundle(model, settings)  # once for all clips
-            import scipy.optimize  # noqa: F401  (the face tracker assigns with it: imported once, here)
             landmarker = landmarker_future()
             DefaultColumns(bundle.default_columns, landmarker)  # a landmarker that cannot feed them fails now
         except BaseException:

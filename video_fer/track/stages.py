@@ -102,6 +102,9 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
     if settings.pipelined:
         decoded = run_in_background(decoded, max_waiting=1, name="video-fer-decode")
 
+    if settings.pipelined:  # MediaPipe landmarks the next batch's keyframes while this one is processed
+        decoded = announced_ahead(decoded, keyframes, reader.timestamps)
+
     def landmarked() -> Iterator:
         ended = None
         try:
@@ -133,6 +136,24 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
             yield batch
     finally:
         keyframes.close()
+
+
+def announced_ahead(decoded: Iterator, keyframes: KeyframeLandmarks, timestamps: np.ndarray) -> Iterator:
+    """Decoded batches ``(indices, frames)``, each yielded once the next one was announced to ``keyframes``
+    (:meth:`~video_fer.faces.keyframes.KeyframeLandmarks.prefetch`); one batch more is alive."""
+    previous = None
+    try:
+        for batch in decoded:
+            keyframes.prefetch(batch[0], timestamps[batch[0]], batch[1])
+            if previous is not None:
+                yield previous
+            previous = batch
+    except StreamEndedError:  # the batches decoded before the end still get their rows
+        if previous is not None:
+            yield previous
+        raise
+    if previous is not None:
+        yield previous
 
 
 def with_person_ids(chunks: Iterator, people: PersonTracker) -> Iterator[FaceBatch]:
