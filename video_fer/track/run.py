@@ -22,8 +22,9 @@ The stages overlap on two cores (PyAV, MediaPipe and torch all release the GIL w
 Per frame on this 2-core machine (``tools/bench_track.py --stages``): MediaPipe (``mediapipe-zoom``)
 ~11 ms on a keyframe (~6.3 ms per frame at the default ``landmark_every=2``, interpolation
 included), person ids ~1.1 ms, alignment ~1.7 ms, the 128 px reference TAE with its heads ~5 ms,
-decoding ~1 ms. At most ``QUEUE_BATCHES + 5`` batches of frames (~240 frames at the default batch
-size; one of them waits for its faces' person ids) are alive at once, whatever the clip's length;
+decoding ~1 ms. At most ``QUEUE_BATCHES + 6`` batches of frames (~270 frames at the default batch
+size; one of them waits for its faces' person ids, one is announced to MediaPipe ahead) are alive at
+once, whatever the clip's length;
 rows are written as they come. The process's resident memory levels off (~1.1 GB on a 472-frame
 clip, ~2 GB over an hour with the reference bundle: glibc keeps freed network and landmarker
 buffers); ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment kept it under 1 GB on an 8-minute
