@@ -453,3 +453,14 @@ def test_exact_alignment_gives_the_reference_crops_of_a_large_face():
     assert torch.equal(exact, reference.permute(0, 3, 1, 2).float() / 255)
     assert torch.allclose(exact_landmarks, fast_landmarks, atol=1e-4)  # same geometry
     assert (exact - fast).abs().max() > 0  # two different samplings of the same face
+
+
+def test_bench_track_stage_costs_cover_every_stage(shared_videos, mediapipe_model, bundle_dir):
+    """tools/bench_track.py --stages runs against today's stage functions and prices each stage."""
+    from scripts import TOOLS, load_script
+
+    bench = load_script(TOOLS / "bench_track.py", "bench_track_under_test")
+    costs = bench.stage_costs(shared_videos / "single_face.mp4", mediapipe_model, bundle_dir, landmark_every=2,
+                              frames_limit=32)
+    assert len(costs) == 11 and all(np.isfinite(ms) and ms >= 0 for ms in costs.values()), costs
+    assert costs["landmarks (MediaPipe alone on every frame)"] > 0 and costs["network (bundle)"] > 0, costs

@@ -108,9 +108,9 @@ def stage_costs(clip: Path, landmarker_model: Path, bundle_dir: Path, landmark_e
     work = Path(tempfile.mkdtemp(prefix="bench_stages_"))
     writer = CsvTableWriter(work / "t.csv", column_names(default))
 
-    def timed(name, function, *arguments):
+    def timed(name, function, *arguments, **options):
         clock = time.process_time()
-        value = function(*arguments)
+        value = function(*arguments, **options)
         costs[name] += time.process_time() - clock
         return value
 
