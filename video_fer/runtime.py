@@ -44,6 +44,25 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def gil_switch_interval(seconds: float) -> Iterator[None]:
+    """Set how long a thread may hold the GIL while another waits for it (``sys.setswitchinterval``),
+    restoring the previous value afterwards. The interval is process-wide.
+
+    Why ``track`` shortens it: MediaPipe computes without the GIL, but each call ends in Python (its
+    dispatcher thread, our worker, the result objects); with the default 5 ms, each of those hand-overs can
+    wait up to 5 ms while the landmarks thread runs Python, so a ~8 ms landmarker call took ~12 ms.
+    """
+    import sys
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 

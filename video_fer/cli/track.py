@@ -67,7 +67,12 @@ def run_track(args: argparse.Namespace) -> int:
 
     with long_lived_allocations():  # torch's import makes ~1M objects that live to the end
         from video_fer.track.run import track_files
-        from video_fer.track.settings import DEFAULT_BATCH_SIZE, TrackSettings
+        from video_fer.track.settings import DEFAULT_BATCH_SIZE, MEDIAPIPE_LANDMARKERS, TrackSettings
+
+        if args.landmarker in MEDIAPIPE_LANDMARKERS:  # no thread runs yet (see the module's doc)
+            from video_fer.faces.mediapipe_import import import_mediapipe_without_plotting
+
+            import_mediapipe_without_plotting()
     # At exit, skip the collector's passes over everything still alive: the process is ending
     # (~0.7 s of interpreter teardown with torch loaded; the tables are closed before this).
     atexit.unregister(gc.freeze)  # once, however often run_track is called in one process
