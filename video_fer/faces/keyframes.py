@@ -46,7 +46,10 @@ from video_fer.faces.types import Face
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_LANDMARK_EVERY = 2  # measured (README, tools/bench_track.py): meets the speed targets with margin; same OpenFace agreement as 1 or 3
+# measured (README; tools/bench_track.py, tools/bench_track_accuracy.py, tools/bench_faces.py): every 3rd frame is
+# the one that keeps track under 1.9x decode-only on a quiet 2-core machine (every 2nd: 2.2x), with the same OpenFace
+# agreement as 1 or 2 and keyframe recall equal to every-frame landmarking's; 2 gives landmarks closer to every frame's
+DEFAULT_LANDMARK_EVERY = 3
 DEFAULT_MIN_IOU = 0.3  # keyframes 2-3 frames apart: a tracked face overlaps itself far more than this
 DEFAULT_MAX_SIZE_CHANGE = 1.5  # a bigger jump in face size between keyframes is a cut, not motion
 

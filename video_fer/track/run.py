@@ -20,7 +20,7 @@ the default's column groups; :mod:`video_fer.track.bundle`). Pipeline, streaming
 
 The stages overlap on two cores (PyAV, MediaPipe and torch all release the GIL while they compute).
 Per frame on this 2-core machine (``tools/bench_track.py --stages``): MediaPipe (``mediapipe-zoom``)
-~11 ms on a keyframe (~6.3 ms per frame at the default ``landmark_every=2``, interpolation
+~10 ms on a keyframe (~5.7 ms per frame at ``landmark_every=2``, less at the default 3, interpolation
 included), person ids ~1.1 ms, alignment ~1.7 ms, the 128 px reference TAE with its heads ~5 ms,
 decoding ~1 ms. At most ``QUEUE_BATCHES + 6`` batches of frames (~270 frames at the default batch
 size; one of them waits for its faces' person ids, one is announced to MediaPipe ahead) are alive at
