@@ -7,7 +7,7 @@
         data.cache=cache/disfa model.encoder=... train.task=intensity --fold 2
     python recipes/finetune_au.py ... --resume        # continue an interrupted fold from its last epoch
     python recipes/finetune_au.py --config recipes/configs/distill_au_blendshapes.yaml \\
-        data.cache=<cache of unlabeled video, prepared with MediaPipe> model.encoder=runs/pretrain_tae/encoder
+        data.cache=<cache of unlabeled video, prepared with MediaPipe> model.encoder=runs/pretrain_tae_real/encoder
 
 Modes (``train.mode``): ``linear`` freezes the encoder and trains BatchNorm1d + Linear (no bias)
 on the action embedding (the papers' protocol; embeddings are computed once per run and

@@ -5,8 +5,11 @@
     accelerate launch recipes/pretrain_video.py --resume         # continue from the latest checkpoint
     accelerate launch --multi_gpu --num_processes 2 recipes/pretrain_video.py   # 2 processes (DDP; gloo on a CPU)
     python recipes/pretrain_video.py train.max_steps=10          # one process, no launcher
+    accelerate launch recipes/pretrain_video.py --config recipes/configs/pretrain_tae_real.yaml data.cache=cache_128/
 
-Settings: recipes/configs/pretrain_tae.yaml, every key overridable as ``key.sub=value``.
+Settings: recipes/configs/pretrain_tae.yaml (the demo), every key overridable as ``key.sub=value``;
+recipes/configs/pretrain_tae_real.yaml is the setting measured on real video at 128 px (its header: the
+commands that rebuild the encoder of the learned AU bundle).
 Outputs (``train.output_dir``): ``losses.csv`` (per-step terms), ``validation.csv``,
 ``images/step_*.png`` (source, target, generated target, action- and pose-changed faces,
 both fields, fusion mask, attention), ``checkpoints/step_*`` (accelerate state, for
@@ -70,6 +73,9 @@ class DataConfig:
     # [ours] a track mp4 that cannot be decoded gives its pairs from the next track instead of stopping the
     # run (each bad file is reported); false: stop with the file named (the reference has no such case)
     skip_bad_tracks: bool = False
+    # [ours] video keys (index.csv's video_key) whose tracks are left out, e.g. the people a benchmark tests on;
+    # a key the cache does not hold is an error (the reference trains on the whole corpus: [])
+    exclude_videos: list = field(default_factory=list)
 
 
 @dataclass
@@ -228,6 +234,18 @@ def open_cache(run: RecipeRun, data: DataConfig, image_size: int) -> tuple[FaceT
     return FaceTrackCache(root), root
 
 
+def kept_tracks(cache: FaceTrackCache, exclude: list, cache_root: Path) -> list:
+    """The cache's tracks without those of the videos ``data.exclude_videos`` names (each must be in the cache)."""
+    keys, excluded = {track["video_key"] for track in cache.tracks}, set(map(str, exclude))
+    if excluded - keys:
+        raise ConfigError(f"data.exclude_videos: {sorted(excluded - keys)} not in {cache_root} (its video keys: "
+                          f"{', '.join(sorted(keys)[:8])}{' ...' if len(keys) > 8 else ''}); give keys of index.csv")
+    tracks = [track for track in cache.tracks if track["video_key"] not in excluded]
+    if not tracks:
+        raise ConfigError(f"data.exclude_videos leaves no track of {cache_root} to train on")
+    return tracks
+
+
 def train_micro_batch(model, source, target, points, weights, curriculum, config: PretrainConfig,
                       progress: TrainingProgress, accelerator):
     """Forward, loss, backward of one micro-batch (call inside ``accelerator.accumulate``); ``points``: the
@@ -367,7 +385,8 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- data
     cache, cache_root = open_cache(run, data, model_config.image_size)
     check_encoder_crops(cache.alignment, model_config.image_size, f"{cache_root} (model.image_size)")
-    train_tracks, val_tracks = split_by_identity(cache.tracks, data.val_fraction, train.seed)
+    train_tracks, val_tracks = split_by_identity(kept_tracks(cache, data.exclude_videos, cache_root),
+                                                 data.val_fraction, train.seed)
     sampler = FacePairSampler(train_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.pairs_per_epoch,
                               seed=train.seed, rank=rank, world_size=world)
     weights = TAELossWeights(**config.loss.weights)
@@ -452,7 +471,8 @@ def main(argv=None) -> int:
     save_final_checkpoint(accelerator, out, progress.step, train.keep_checkpoints, last_checkpoint)
     if run.is_main:
         save_encoder(accelerator.unwrap_model(model).encoder, out / "encoder", cache.alignment,
-                     extra={"step": progress.step, "cache": str(cache_root)})
+                     extra={"step": progress.step, "cache": str(cache_root),
+                            "excluded_videos": sorted(map(str, data.exclude_videos))})
     sampler.set_epoch(0)
     summary = {"rank": rank, "pairs_trained": pairs_trained, "steps": progress.step, "nonfinite_steps": guard.total,
                "first_pairs_epoch0": [list(pair) for pair, _ in zip(sampler, range(4))]}  # ranks draw different pairs

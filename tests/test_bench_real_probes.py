@@ -59,7 +59,18 @@ def test_the_benchmark_writes_its_tables_and_a_rerun_reuses_everything(tmp_path,
     spent = (tmp_path / "run" / "pretraining.json").read_text()
     stored = tmp_path / "run" / "models" / "tae_landmarks" / "probes" / "step_00000004.json"
     probed = stored.read_text()
-    assert tool.main(args) == 0  # finished rows are not pretrained again, probed checkpoints not probed again
+    # finished rows are not pretrained again, probed checkpoints not probed again; an exported encoder is a row
+    exported = tmp_path / "run" / "models" / "tae_landmarks" / "encoder"
+    assert tool.main(args + ["--encoder", f"exported={exported}"]) == 0
     assert (tmp_path / "run" / "pretraining.json").read_text() == spent and stored.read_text() == probed
     rerun = json.loads((tmp_path / "run" / "bench_real_probes.json").read_text())
     assert rerun["encoders"]["tae_landmarks"] == results["encoders"]["tae_landmarks"]
+    assert rerun["encoders"]["exported"] == rerun["encoders"]["tae_landmarks"]  # the last checkpoint's weights
+    assert rerun["given_encoders"]["exported"]["saw_test_clips"] is False  # pretrained on the fit clips' view
+    assert "| exported (given; test clips held out) |" in (tmp_path / "run" / "bench_real_probes.md").read_text()
+    whole = str(tmp_path / "run" / "real_cache_64")  # the cache holding the test clip too
+    assert tool.saw_test_clips({"cache": whole, "excluded_videos": []}, ["clip_c"]) is True
+    assert tool.saw_test_clips({"cache": whole, "excluded_videos": ["clip_c"]}, ["clip_c"]) is False
+    assert tool.saw_test_clips({"cache": whole}, ["clip_c"]) is None  # an export that recorded no exclusion
+    with pytest.raises(SystemExit, match="name 'tae_landmarks' is taken"):
+        tool.parse_encoders([f"tae_landmarks={exported}"], {"tae_landmarks", "untrained"})

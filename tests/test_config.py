@@ -95,6 +95,26 @@ def test_pretrain_schema_and_shipped_yaml_agree():
     assert as_dict["train"]["batch_size"] == 3 and "image_size" in as_dict["model"]
 
 
+def test_the_real_video_config_is_the_measured_setting():
+    """pretrain_tae_real.yaml validates against the recipe's schema and holds the benchmark row it names."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from video_fer.train.losses.tae import TAELossWeights
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pretrain_tae_real.yaml"
+    config = load_config(path, ["data.exclude_videos=[liveportrait_d3]"], schema=PretrainConfig)
+    assert config.model == {"image_size": 128, "width": 16, "embedding_dim": 128, "attention_streams": 4,
+                            "stream_width": 32, "zero_init_flow": True}
+    reference = asdict(TAELossWeights())  # the reference weights, the two landmark terms off
+    assert config.loss.weights == {**reference, "landmark_pose_field": 10, "landmark_action_field": 10}
+    assert reference["landmark_pose_field"] == reference["landmark_action_field"] == 0
+    assert config.loss.landmark_fit == "rigid3d"
+    assert config.data.augment and config.data.augment_same_crop and config.data.preload
+    assert (config.train.max_steps, config.train.batch_size) == (1200, 16)
+    assert config.data.exclude_videos == ["liveportrait_d3"] and config.data.cache == "runs/real_cache_128"
+
+
 def test_yes_no_stay_strings_but_true_false_are_booleans():
     assert parse_override("train.mixed_precision=no") == ("train.mixed_precision", "no")
     assert parse_override("train.validate=false") == ("train.validate", False)

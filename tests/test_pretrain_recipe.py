@@ -87,6 +87,27 @@ def test_landmark_guided_fields_train_from_preloaded_frames_with_one_crop_per_pa
     assert "landmark_pose_field" not in read_csv_log_columns(run_recipe, tmp_path, demo_dir)
 
 
+def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tmp_path, demo_dir):
+    """recipes/configs/pretrain_tae_real.yaml (landmark guidance, one crop per pair, preloaded frames) on the tiny
+    demo cache with one of its two videos left out; a key the cache lacks is an error that names it."""
+    config = ["--config", str(PROJECT_ROOT / "recipes" / "configs" / "pretrain_tae_real.yaml"), f"data.cache={demo_dir}"]
+    result = run_recipe(tmp_path / "real", demo_dir, *config, "train.max_steps=2", "train.log_every=1",
+                        "data.exclude_videos=[grace_hopper]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 tracks (0 held out)" in result.stdout  # astronaut's two tracks; grace_hopper's two left out
+    rows = read_csv_log(tmp_path / "real" / "losses.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2] and all(float(r["landmark_pose_field"]) > 0 for r in rows)
+    exported = json.loads((tmp_path / "real" / "encoder" / "config.json").read_text())["extra"]
+    assert exported["excluded_videos"] == ["grace_hopper"] and exported["alignment"]["size"] == 64
+
+    wrong = run_recipe(tmp_path / "wrong", demo_dir, *config, "train.max_steps=1", "data.exclude_videos=[grace]")
+    assert wrong.returncode == 2
+    assert "data.exclude_videos: ['grace'] not in" in wrong.stderr and "astronaut, grace_hopper" in wrong.stderr
+    everything = run_recipe(tmp_path / "none", demo_dir, *config, "train.max_steps=1",
+                            "data.exclude_videos=[astronaut,grace_hopper]")
+    assert everything.returncode == 2 and "leaves no track" in everything.stderr
+
+
 def read_csv_log_columns(run, tmp_path, demo_dir) -> set[str]:
     """Columns of losses.csv of a run with the reference objective (no landmark terms computed)."""
     result = run(tmp_path / "reference", demo_dir, "train.max_steps=1")

@@ -18,6 +18,8 @@ One run does everything and resumes where a previous run of the same ``--out`` s
 5. **probes** (video_fer.evaluate.real_probes) on single frames: each model's action and pose
    embeddings, the untrained encoder, HOG, PCA of raw pixels, aligned landmarks; ridge fitted on the
    fit clips, Pearson r on the test clips; the pair version on changes between two frames of a track.
+   ``--encoder NAME=PATH`` adds an encoder already trained (an ``encoder/`` export) as a row; the
+   report says which videos its pretraining left out, so a row trained on test people shows as such.
 
 Written to ``<out>``: ``bench_real_probes.md`` (tables), ``bench_real_probes.json`` (every number, per
 AU, per angle, per checkpoint), ``attention_fields.png`` (attention maps and both fields of test faces),
@@ -26,6 +28,7 @@ AU, per angle, per checkpoint), ``attention_fields.png`` (attention maps and bot
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -39,7 +42,9 @@ from video_fer.data.derived_caches import downscale_cache, subset_cache
 from video_fer.evaluate import real_probes as rp
 from video_fer.evaluate.pretrain_runs import checkpoint_models, model_variants, parse_extra, run_pretraining
 from video_fer.evaluate.real_references import compute_references, load_au_mapping
+from video_fer.faces.alignment import check_encoder_crops
 from video_fer.io import atomic_write
+from video_fer.models.checkpoint import WEIGHTS_FILE, load_encoder, read_config
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +61,9 @@ TEST_CLIPS = ("liveportrait_d3", "liveportrait_d9", "liveportrait_d19",
               "voxstyle_00098", "voxstyle_00473", "voxstyle_681100216", "retalking_4")
 SAME_SPEAKER = {"voxstyle_00002": "voxstyle_speaker_a", "voxstyle_517600055": "voxstyle_speaker_a",
                 "voxstyle_741400104": "voxstyle_speaker_b", "voxstyle_741400163": "voxstyle_speaker_b"}
+HELD_OUT = {False: "test clips held out", True: "PRETRAINED ON TEST CLIPS", None: "test clips perhaps seen (not recorded)"}
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_write(path) as handle:
         handle.write(text)
@@ -131,6 +139,51 @@ def cached(path: Path, key: dict, compute):
     return value
 
 
+def parse_encoders(items: list[str], taken: set[str]) -> dict[str, Path]:
+    """``NAME=PATH`` -> {NAME: encoder folder}; a name must be new (not a pretrained row, not "untrained")."""
+    rows = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise SystemExit(f"--encoder {item!r}: expected NAME=PATH (an encoder/ folder of recipes/pretrain_video.py)")
+        if name in taken or name in rows:
+            raise SystemExit(f"--encoder {item!r}: the row name {name!r} is taken; choose another")
+        rows[name] = Path(path)
+    return rows
+
+
+def saw_test_clips(extra: dict, test_clips) -> bool | None:
+    """Whether an encoder export was pretrained on any test clip, from the cache and the excluded videos it
+    recorded (None: not recorded, or its cache is not at hand)."""
+    excluded = extra.get("excluded_videos")
+    if excluded is not None and set(test_clips) <= set(excluded):
+        return False
+    if excluded is None or not extra.get("cache") or not Path(extra["cache"]).is_dir():
+        return None
+    keys = {track["video_key"] for track in FaceTrackCache(extra["cache"]).tracks}
+    return bool((set(test_clips) & keys) - set(excluded))
+
+
+def encoder_row(name: str, path: Path, cache: FaceTrackCache, frames, split, pairs, active, args, out: Path) -> dict:
+    """Probe scores and within-clip shares of a trained encoder folder (stored per weights: a rerun reads them),
+    and what its pretraining saw: ``{"scores", "diagnostics", "trained"}``."""
+    export = load_encoder(path)
+    check_encoder_crops(cache.alignment, export.crops, f"--encoder {name}={path}")
+    extra = read_config(export.path).get("extra") or {}
+    trained = {"path": str(export.path.resolve()), "step": extra.get("step"), "cache": extra.get("cache"),
+               "excluded_videos": extra.get("excluded_videos"), "saw_test_clips": saw_test_clips(extra, args.test_clips)}
+    weights = hashlib.sha256((export.path / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+    def compute():
+        features = rp.encoder_features(export.encoder, frames.images)
+        return {"scores": rp.score_encoder(features, frames, split, pairs, active), "diagnostics": {
+            "within_clip_share_action": rp.within_clip_share(features["action"], frames.clips),
+            "within_clip_share_pose": rp.within_clip_share(features["pose"], frames.clips)}}
+
+    stored = cached(out / "encoders" / name / "probes.json", {**probe_key(args, False), "weights": weights}, compute)
+    return {**stored, "trained": trained}
+
+
 def figure_pairs(frames, split, count: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One pair per test track (up to ``count``): its calmest frame -> its most active frame (AU sum)."""
     first, second, titles = [], [], []
@@ -178,9 +231,12 @@ def report(results: dict) -> str:
         return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
     rows = []
+    given = results.get("given_encoders", {})
     for name, result in results["encoders"].items():
         action, pose = result["action"]["summary"], result["pose"]["summary"]
         spent = results["pretraining"].get(name)
+        if name in given:
+            name = f"{name} (given; {HELD_OUT[given[name]['saw_test_clips']]})"
         rows.append([name, f(action["au_r"]), f(pose["yaw_r"]), f(pose["angles_r"]), f(pose["au_r"]),
                      f(action["angles_r"]), f(action["pair_au_r"]), f(pose["pair_angles_r"]), f(pose["pair_au_r"]),
                      f(action["pair_angles_r"]), f"{spent['cpu_minutes']:.1f}" if spent else "-"])
@@ -223,6 +279,8 @@ def report(results: dict) -> str:
         f"seed {settings['seed']}, on the fit clips only ({data['pretrain_tracks']} tracks); one seed.",
         "Probes: ridge (penalty chosen on a quarter of the fit clips), Pearson r on the test clips. Pair version: "
         f"{settings['pairs_per_track']} random frame pairs per track, feature change -> reference change.",
+        *[f"Given encoder {name}: {row['path']}, step {row['step']}, pretrained on {row['cache']} without the videos "
+          f"{row['excluded_videos']}: {HELD_OUT[row['saw_test_clips']]}." for name, row in given.items()],
         "", table, "", "Diagnostics on the test clips: the AU probe with features and references centred per clip "
         "(actions within a person), how much of each embedding's variance lies within clips (the rest "
         "tells people apart), and the fields of test pairs at their landmarks against the landmarks' rigid/residual split "
@@ -249,6 +307,8 @@ def main(argv=None) -> int:
     parser.add_argument("--landmark-weight", type=float, default=10.0, help="tae_landmarks: weight of both terms")
     parser.add_argument("--models", nargs="*", default=["tcae", "tae", "no_cycles", "tae_landmarks"])
     parser.add_argument("--extra", nargs="*", default=[], help="more rows: NAME=key=value,key=value (recipe overrides)")
+    parser.add_argument("--encoder", nargs="*", default=[], metavar="NAME=PATH",
+                        help="more rows: encoder/ folders already trained (probed as they are; no pretraining)")
     parser.add_argument("--curve-points", type=int, default=5, help="checkpoints kept (and probed) per row")
     parser.add_argument("--jobs", type=int, default=1, help="pretraining processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per pretraining process")
@@ -278,6 +338,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--models {sorted(unknown)}: unknown; use --extra NAME=overrides for new rows")
     variants = {name: standard[name] for name in args.models}  # pretrained in this order
     variants.update(parse_extra(args.extra))
+    given = parse_encoders(args.encoder, set(variants) | {"untrained"})
     common = common_overrides(args, view)
     spent = run_pretraining({name: common + extra for name, extra in variants.items()}, out, args.steps, args.jobs,
                             args.threads)
@@ -334,6 +395,13 @@ def main(argv=None) -> int:
         results["curves"][name] = points
         print(f"probed {name}: action {results['encoders'][name]['action']['summary']}, "
               f"pose {results['encoders'][name]['pose']['summary']}", flush=True)
+    results["given_encoders"] = {}
+    for name, path in given.items():
+        row = encoder_row(name, path, cache, frames, split, pairs, active, args, out)
+        results["encoders"][name], results["diagnostics"][name] = row["scores"], row["diagnostics"]
+        results["given_encoders"][name] = row["trained"]
+        print(f"probed {name} ({path}): action {row['scores']['action']['summary']}, "
+              f"pose {row['scores']['pose']['summary']}", flush=True)
     del results["baselines"]["untrained"]
     results["minutes_total"] = (time.perf_counter() - started) / 60
 
