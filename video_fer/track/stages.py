@@ -99,11 +99,9 @@ def find_faces(reader, landmarker, settings: TrackSettings, alignment=None, conf
     keyframes = KeyframeLandmarks(landmarker, settings.landmark_every, image_mode_twin(landmarker))
     keyframes.start_clip(str(reader.path), reader.fps)
     decoded = reader.iter_batches(settings.batch_size, settings.start, settings.end, settings.every)
-    if settings.pipelined:
-        decoded = run_in_background(decoded, max_waiting=1, name="video-fer-decode")
-
-    if settings.pipelined:  # MediaPipe landmarks the next batch's keyframes while this one is processed
-        decoded = announced_ahead(decoded, keyframes, reader.timestamps)
+    if settings.pipelined:  # decoding runs a batch ahead; MediaPipe landmarks the next batch's keyframes meanwhile
+        decoded = announced_ahead(run_in_background(decoded, max_waiting=1, name="video-fer-decode"), keyframes,
+                                  reader.timestamps)
 
     def landmarked() -> Iterator:
         ended = None
