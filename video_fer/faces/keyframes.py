@@ -222,6 +222,10 @@ class KeyframeLandmarks:
             self._gap, self._own_gap = self._gap_factory(), True
         return self._gap if self._gap is not None else self.landmarker
 
+    def _keyframe_rows(self, first_position: int, count: int) -> np.ndarray:
+        """Rows of a batch of ``count`` frames starting at clip position ``first_position`` that are keyframes."""
+        return np.flatnonzero((first_position + np.arange(count)) % self.every == 0)
+
     def prefetch(self, frame_indices: np.ndarray, timestamps: np.ndarray, frames: torch.Tensor) -> None:
         """Announce the batch that will be pushed after the current one: a landmarker that can work ahead
         (``prefetch``, MediaPipe's VIDEO mode) starts on its keyframes in a worker thread. Optional; when used,
@@ -232,9 +236,8 @@ class KeyframeLandmarks:
         frame_indices = np.asarray(frame_indices, np.int64)
         if ahead is None or len(frame_indices) == 0:
             return
-        positions = self._announced + np.arange(len(frame_indices))
+        keys = self._keyframe_rows(self._announced, len(frame_indices))  # the keyframes push will ask for
         self._announced += len(frame_indices)
-        keys = np.flatnonzero(positions % self.every == 0)  # the keyframes push will ask for
         if len(keys):
             ahead(torch.as_tensor(frames)[torch.from_numpy(keys)], frame_indices[keys],
                   np.asarray(timestamps, np.float64)[keys])
@@ -250,10 +253,10 @@ class KeyframeLandmarks:
         frame_indices = np.asarray(frame_indices, np.int64)
         if len(frame_indices) == 0:
             return None
-        positions = self._seen + np.arange(len(frame_indices))
+        keys = self._keyframe_rows(self._seen, len(frame_indices))
         self._seen += len(frame_indices)
         self._pending.append((frame_indices, np.asarray(timestamps, np.float64), torch.as_tensor(frames)))
-        return self._resolve(np.flatnonzero(positions % self.every == 0))
+        return self._resolve(keys)
 
     def finish(self) -> LandmarkedFrames | None:
         """End of the clip: the last buffered frame becomes a keyframe; returns the remaining frames."""
