@@ -44,8 +44,9 @@ from video_fer.train.checkpoints import save_checkpoint, save_final_checkpoint
 from video_fer.train.logs import save_image_grid
 from video_fer.train.loop import NonFiniteGuard, cosine_with_warmup, make_optimizer, mean_over_processes, seeded_generator
 from video_fer.train.losses.landmarks import landmark_field_terms
-from video_fer.train.losses.tae import (HardSampleCurriculum, TAELossWeights, consistency_ramp, ramped_weights,
-                                        reduce_terms, tae_loss_terms, uses_landmarks, weighted_total)
+from video_fer.train.losses.tae import (HardSampleCurriculum, TAELossWeights, check_landmark_readout,
+                                        consistency_ramp, ramped_weights, reduce_terms, tae_loss_terms,
+                                        uses_landmarks, weighted_total)
 from video_fer.train.run import RecipeRun, finish_run, recipe_parser, resume_state, run_logs, run_recipe, start_run
 from video_fer.train.sections import OptimConfig
 
@@ -260,7 +261,8 @@ def train_micro_batch(model, source, target, points, weights, curriculum, config
         if points is not None:
             loss_config = config.loss
             terms.update(landmark_field_terms(output.action_flow, output.pose_flow, *points, loss_config.landmark_fit,
-                                              loss_config.landmark_penalty, loss_config.landmark_huber_delta))
+                                              loss_config.landmark_penalty, loss_config.landmark_huber_delta,
+                                              output.landmark_readouts))
         ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
                                 config.loss.consistency_warmup_steps)
         loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
@@ -390,6 +392,7 @@ def main(argv=None) -> int:
     sampler = FacePairSampler(train_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.pairs_per_epoch,
                               seed=train.seed, rank=rank, world_size=world)
     weights = TAELossWeights(**config.loss.weights)
+    check_landmark_readout(weights, model_config.landmark_readout)
     guided = uses_landmarks(weights)  # [ours] landmark-guided fields: the pairs carry their landmarks
     if data.preload:  # decoded once; no worker processes (they would each get a copy of every frame)
         loader = pair_loader(InMemoryFrames(cache, train_tracks), sampler, train.batch_size, 0, landmarks=guided)

@@ -105,7 +105,8 @@ def test_the_real_video_config_is_the_measured_setting():
     path = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pretrain_tae_real.yaml"
     config = load_config(path, ["data.exclude_videos=[liveportrait_d3]"], schema=PretrainConfig)
     assert config.model == {"image_size": 128, "width": 16, "embedding_dim": 128, "attention_streams": 4,
-                            "stream_width": 32, "zero_init_flow": True}
+                            "stream_width": 32, "zero_init_flow": True, "decoder_input": "concat",
+                            "landmark_readout": False}
     reference = asdict(TAELossWeights())  # the reference weights, the two landmark terms off
     assert config.loss.weights == {**reference, "landmark_pose_field": 10, "landmark_action_field": 10}
     assert reference["landmark_pose_field"] == reference["landmark_action_field"] == 0

@@ -11,7 +11,7 @@ from video_fer.errors import ConfigError
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68
 from video_fer.train.losses.landmarks import (apply_transform, fit_rigid_transform, landmark_field_terms,
                                          split_landmark_motion)
-from video_fer.train.losses.tae import TAELossWeights, uses_landmarks
+from video_fer.train.losses.tae import TAELossWeights, check_landmark_readout, uses_landmarks
 from video_fer.models.warp import identity_grid
 
 SIZE = 64
@@ -115,6 +115,38 @@ def test_the_true_fields_score_zero_and_the_zero_fields_do_not(penalty):
     opened = landmark_field_terms(zero, true_pose, moved_mouth, target, penalty=penalty)
     assert opened["landmark_pose_field"].max() < 1e-6  # the rigid points did not move
     assert (opened["landmark_action_field"] > 1e-4).all()  # the zero action field misses the mouth
+
+
+def test_readouts_equal_to_the_split_score_zero_and_a_zero_readout_misses_the_mouth():
+    target = template(2)
+    source = apply_transform(similarity(4.0, 1.02, (1.0, -0.5)).expand(2, 2, 3), target)
+    source[:, MOUTH] += torch.tensor([0.0, 2.0])  # head motion plus a mouth opening
+    rigid, residual, _ = split_landmark_motion(source, target)
+    scale = 2.0 / (SIZE - 1)
+    zero_field = torch.zeros(2, 2, SIZE, SIZE)
+    exact = landmark_field_terms(zero_field, zero_field, source, target, readouts=(residual * scale, rigid * scale))
+    assert exact["landmark_pose_embedding"].max() < 1e-6 and exact["landmark_action_embedding"].max() < 1e-6
+    zeros = torch.zeros(2, 68, 2, requires_grad=True)
+    missed = landmark_field_terms(zero_field, zero_field, source, target, readouts=(zeros, zeros))
+    assert (missed["landmark_action_embedding"] > 1e-4).all() and (missed["landmark_pose_embedding"] > 1e-4).all()
+    missed["landmark_action_embedding"].sum().backward()
+    assert zeros.grad[:, MOUTH].abs().sum() > 0  # the readout learns where the residual is
+    assert "landmark_action_embedding" not in landmark_field_terms(zero_field, zero_field, source, target)
+
+    far = source.clone()
+    far[:, :] = 5 * SIZE  # outside the crop: the fields skip every point, the readouts still compare them
+    outside = landmark_field_terms(zero_field, zero_field, far, target, readouts=(zeros, zeros))
+    assert outside["landmark_pose_field"].max() == 0.0 and (outside["landmark_pose_embedding"] > 0).all()
+
+
+def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
+    check_landmark_readout(TAELossWeights(), False)  # the reference: neither
+    check_landmark_readout(TAELossWeights(landmark_action_embedding=10, landmark_pose_embedding=10), True)
+    with pytest.raises(ConfigError, match="needs model.landmark_readout: true"):
+        check_landmark_readout(TAELossWeights(landmark_action_embedding=10), False)
+    with pytest.raises(ConfigError, match="landmark_pose_embedding=0.0"):
+        check_landmark_readout(TAELossWeights(landmark_action_embedding=10), True)
+    assert uses_landmarks(TAELossWeights(landmark_pose_embedding=1.0))
 
 
 def test_the_terms_backpropagate_into_the_fields_and_skip_points_outside():

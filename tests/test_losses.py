@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from video_fer.errors import ConfigError
-from video_fer.train.losses.tae import HardSampleCurriculum, TAELossWeights, reduce_terms, tae_loss_terms, weighted_total
+from video_fer.train.losses.tae import (LANDMARK_TERMS, HardSampleCurriculum, TAELossWeights, reduce_terms, tae_loss_terms,
+                                        weighted_total)
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 
 B, S, D = 2, 4, 3
@@ -36,8 +37,7 @@ def hand_made_output(source: torch.Tensor, target: torch.Tensor) -> SimpleNamesp
 def test_terms_are_per_sample_with_the_formulas_values():
     source, target = torch.rand(B, 3, S, S), torch.rand(B, 3, S, S)
     terms = tae_loss_terms(hand_made_output(source, target), source, target)
-    landmark_terms = {"landmark_pose_field", "landmark_action_field"}  # [ours], from video_fer.train.losses.landmarks
-    assert set(terms) == {field.name for field in dataclasses.fields(TAELossWeights)} - landmark_terms
+    assert set(terms) == {field.name for field in dataclasses.fields(TAELossWeights)} - set(LANDMARK_TERMS)
     expected = {
         "reconstruction": [0.25, 0.5], "pose_changed_keeps_action": [4, 4],
         "pose_changed_has_target_pose": [1, 0], "action_changed_keeps_pose": [9, 9],
@@ -53,7 +53,7 @@ def test_terms_are_per_sample_with_the_formulas_values():
 def test_reference_weights():
     weights = TAELossWeights().as_dict()
     assert weights.pop("reconstruction") == 10 and weights.pop("action_sparsity") == 0.1
-    assert weights.pop("landmark_pose_field") == 0 and weights.pop("landmark_action_field") == 0  # [ours], off
+    assert all(weights.pop(name) == 0 for name in LANDMARK_TERMS)  # [ours], off
     assert set(weights.values()) == {1.0} and len(weights) == 8  # six consistency MSEs + two cycles
 
 

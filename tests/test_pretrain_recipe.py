@@ -87,6 +87,20 @@ def test_landmark_guided_fields_train_from_preloaded_frames_with_one_crop_per_pa
     assert "landmark_pose_field" not in read_csv_log_columns(run_recipe, tmp_path, demo_dir)
 
 
+def test_landmark_readouts_train_with_their_terms_and_refuse_a_term_without_them(tmp_path, demo_dir):
+    readout = ("model.landmark_readout=true", "loss.weights.landmark_action_embedding=10",
+               "loss.weights.landmark_pose_embedding=10", "model.decoder_input=difference")
+    result = run_recipe(tmp_path / "readout", demo_dir, "train.max_steps=2", "data.preload=true", *readout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv_log(tmp_path / "readout" / "losses.csv")
+    assert all(float(r["landmark_action_embedding"]) > 0 and float(r["landmark_pose_embedding"]) > 0 for r in rows)
+    exported = json.loads((tmp_path / "readout" / "encoder" / "config.json").read_text())
+    assert exported["architecture"] == "tae_encoder"  # the readouts are not part of the export
+
+    missing = run_recipe(tmp_path / "missing", demo_dir, "train.max_steps=1", *readout[1:])
+    assert missing.returncode == 2 and "needs model.landmark_readout: true" in missing.stderr
+
+
 def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tmp_path, demo_dir):
     """recipes/configs/pretrain_tae_real.yaml (landmark guidance, one crop per pair, preloaded frames) on the tiny
     demo cache with one of its two videos left out; a key the cache lacks is an error that names it."""

@@ -79,7 +79,9 @@ def test_forward_returns_every_tensor_with_its_shape():
     model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, **SMALL))
     output = model(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))
     assert isinstance(output, TAEOutput)
-    shapes = {field.name: tuple(getattr(output, field.name).shape) for field in dataclasses.fields(output)}
+    assert output.landmark_readouts is None  # only with TAEConfig.landmark_readout
+    shapes = {field.name: tuple(getattr(output, field.name).shape) for field in dataclasses.fields(output)
+              if field.name != "landmark_readouts"}
     for name, shape in shapes.items():
         if name.endswith("embedding"):
             assert shape == (2, 32), name
@@ -187,3 +189,49 @@ def test_overfitting_one_real_pair_halves_the_reconstruction_error(shared_videos
     unchanged = (source - target).abs().mean().item()
     assert history[0] == pytest.approx(unchanged, rel=1e-4)
     assert min(history[-5:]) < 0.5 * history[0], history[::10]
+
+
+def test_difference_decoder_input_sees_only_the_change_of_the_embeddings():
+    model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, decoder_input="difference", **SMALL)).eval()
+    first, second = torch.randn(3, 32), torch.randn(3, 32)
+    offset = torch.randn(1, 32)  # what stays constant along a track (identity, lighting)
+    pair = model.embedding_pair(first, second)
+    assert torch.equal(pair, torch.cat((second - first, first - second), dim=1))
+    assert torch.allclose(model.embedding_pair(first + offset, second + offset), pair, atol=1e-6)
+    assert torch.equal(model.embedding_pair(first, first), torch.zeros(3, 64))
+    with torch.no_grad():  # the decoder cannot tell an offset pair from the original one
+        assert torch.allclose(model.action_decoder(model.embedding_pair(first + offset, second + offset)),
+                              model.action_decoder(pair), atol=1e-5)
+    reference = TwinCycleAutoencoder(TAEConfig(attention_streams=4, **SMALL))
+    assert torch.equal(reference.embedding_pair(first, second), torch.cat((first, second), dim=1))
+    with pytest.raises(ValueError, match="decoder_input='sum'.*concat"):
+        TAEConfig(decoder_input="sum")
+
+
+def test_difference_decoder_input_trains_the_whole_model():
+    model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, decoder_input="difference", **SMALL))
+    source, target = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    total, _ = reduce_terms(tae_loss_terms(model(source, target), source, target))
+    total.backward()
+    for part in (model.encoder.pose_branch, model.encoder.action_branch, model.action_decoder, model.pose_decoder):
+        assert sum(p.grad.abs().sum() for p in part.parameters() if p.grad is not None) > 0
+
+
+def test_landmark_readouts_read_the_embedding_changes_and_stay_out_of_the_encoder():
+    model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, landmark_readout=True, **SMALL))
+    source, target = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    output = model(source, target)
+    action, pose = output.landmark_readouts
+    assert action.shape == pose.shape == (2, 68, 2)
+    expected = model.action_readout(output.source_action_embedding - output.target_action_embedding)
+    assert torch.allclose(action.flatten(1), expected)
+    assert action.abs().max() == 0 and pose.abs().max() == 0  # they start at "no motion"
+    with torch.no_grad():
+        model.action_readout.weight.normal_()
+    action = model(source, target).landmark_readouts[0]
+    same = model(source, source).landmark_readouts[0]  # no change: the readout's bias alone
+    assert torch.allclose(same.flatten(1), model.action_readout.bias.expand(2, -1), atol=1e-5)
+    action.sum().backward()
+    assert model.encoder.action_branch.attention.weight.grad.abs().sum() > 0
+    assert not any("readout" in name for name in model.encoder.state_dict())
+    assert TwinCycleAutoencoder(TAEConfig(**SMALL))(source, target).landmark_readouts is None

@@ -55,13 +55,13 @@ def naive_forward(model: TwinCycleAutoencoder, source: torch.Tensor, target: tor
     encode = model.encoder.forward_features
     real_s, real_t = encode(source), encode(target)
     phi_s, psi_s, phi_t, psi_t = real_s.action_embedding, real_s.pose_embedding, real_t.action_embedding, real_t.pose_embedding
-    action_out = model.action_decoder(torch.cat((phi_s, phi_t), 1))
-    pose_out = model.pose_decoder(torch.cat((psi_s, psi_t), 1))
+    action_out = model.action_decoder(model.embedding_pair(phi_s, phi_t))
+    pose_out = model.pose_decoder(model.embedding_pair(psi_s, psi_t))
     fused, action_weight, pose_weight = fuse_flows(action_out, pose_out)
     generated, action_changed, pose_changed = warp(source, fused), warp(source, action_out[:, :2]), warp(source, pose_out[:, :2])
     enc_g, enc_a, enc_p = encode(generated), encode(action_changed), encode(pose_changed)
-    action_cycle = model.action_decoder(torch.cat((enc_a.action_embedding, phi_s), 1))[:, :2]
-    pose_cycle = model.pose_decoder(torch.cat((enc_p.pose_embedding, psi_s), 1))[:, :2]
+    action_cycle = model.action_decoder(model.embedding_pair(enc_a.action_embedding, phi_s))[:, :2]
+    pose_cycle = model.pose_decoder(model.embedding_pair(enc_p.pose_embedding, psi_s))[:, :2]
     return TAEOutput(
         source_action_embedding=phi_s, source_pose_embedding=psi_s, target_action_embedding=phi_t,
         target_pose_embedding=psi_t, action_flow=action_out[:, :2], pose_flow=pose_out[:, :2], fused_flow=fused,

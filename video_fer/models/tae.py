@@ -36,6 +36,8 @@ from video_fer.models.registry import register_architecture
 from video_fer.models.warp import fuse_flows, warp
 
 LEAKY_SLOPE = 0.2
+READOUT_LANDMARKS = 68  # iBUG-68, the caches' landmarks (video_fer.faces.ibug68)
+DECODER_INPUTS = ("concat", "difference")
 
 
 @dataclass
@@ -50,6 +52,16 @@ class TAEConfig:
         stream_width: channels inside each attention stream (64 **[ours]**).
         zero_init_flow: **[ours]** zero the decoders' last conv so training starts from the
             identity warp with equal masks (the reference uses PyTorch's default init).
+        decoder_input: what the two decoders read of an embedding pair ``(a, b)`` (a frame's, then the
+            frame it is warped towards): ``"concat"``, ``[a; b]`` (the reference); or ``"difference"``
+            **[ours]**, ``[b - a; a - b]``, the change alone, so what stays constant along a track
+            (identity, lighting) cannot shape a field and only the embedding's change can. Both are
+            ``2D`` wide and pass the decoder's input ReLU; the difference's two signs keep it lossless.
+        landmark_readout: **[ours]** two linear maps, trained with the pairs' landmarks
+            (``loss.weights.landmark_action_embedding`` / ``landmark_pose_embedding``): ``phi_s - phi_t`` to
+            what the head motion leaves at the 68 landmarks, ``psi_s - psi_t`` to the head motion there.
+            They start at zero ("no motion"): from PyTorch's random start their loss was 3-4x that of no
+            motion on real video, and AdamW at 1e-4 took ~500 steps to get back to it. Pretraining only: an encoder export does not contain them. False = the reference model.
     """
 
     image_size: int = 256
@@ -58,9 +70,14 @@ class TAEConfig:
     attention_streams: int = 8
     stream_width: int = 64
     zero_init_flow: bool = False
+    decoder_input: str = "concat"
+    landmark_readout: bool = False
 
     def __post_init__(self) -> None:
         size = self.image_size
+        if self.decoder_input not in DECODER_INPUTS:
+            raise ValueError(f"TAEConfig.decoder_input={self.decoder_input!r}: use one of {DECODER_INPUTS} "
+                             "(concat = the reference)")
         if size < 64 or size & (size - 1):
             raise ValueError(f"TAEConfig.image_size={size}: must be a power of two >= 64 (256 reference, 128 fast)")
         if self.width < 1 or self.embedding_dim < 1:
@@ -243,6 +260,8 @@ class TAEOutput:
     Embeddings are ``(B, D)``; fields ``(B, 2, S, S)``; weights ``(B, 1, S, S)``; images ``(B, 3, S, S)``.
     Naming: ``<image>_<action|pose>_embedding``; ``generated`` is the generated target ``Î_t``,
     ``action_changed`` is ``I^A = warp(I_s, T_A)``, ``pose_changed`` is ``I^P = warp(I_s, T_P)``.
+    ``landmark_readouts``: with ``TAEConfig.landmark_readout`` **[ours]**, the readouts of ``phi_s - phi_t``
+    and ``psi_s - psi_t`` at the 68 landmarks, ``(B, 68, 2)`` each in normalised units; else None.
     """
 
     source_action_embedding: torch.Tensor
@@ -268,6 +287,7 @@ class TAEOutput:
     action_cycle_reconstruction: torch.Tensor
     pose_cycle_reconstruction: torch.Tensor
     source_attention_maps: torch.Tensor | None
+    landmark_readouts: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @register_architecture("twin_cycle_autoencoder")
@@ -282,6 +302,19 @@ class TwinCycleAutoencoder(nn.Module):
         self.encoder = FaceActionEncoder(config)
         self.action_decoder = FlowDecoder(config)
         self.pose_decoder = FlowDecoder(config)
+        if config.landmark_readout:
+            self.action_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
+            self.pose_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
+            for readout in (self.action_readout, self.pose_readout):  # start at "no motion", as zero_init_flow
+                nn.init.zeros_(readout.weight)
+                nn.init.zeros_(readout.bias)
+
+    def embedding_pair(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """A decoder's input for the change ``first -> second`` (both ``(B, D)``), as ``config.decoder_input`` says."""
+        if self.config.decoder_input == "difference":
+            change = second - first
+            return torch.cat((change, -change), dim=1)
+        return torch.cat((first, second), dim=1)
 
     def encode(self, images: torch.Tensor) -> EncoderFeatures:
         """The encoder alone: ``images (B, 3, S, S)`` -> :class:`EncoderFeatures`."""
@@ -305,8 +338,8 @@ class TwinCycleAutoencoder(nn.Module):
         phi_s, phi_t = real.action_embedding.split(batch)
         psi_s, psi_t = real.pose_embedding.split(batch)
 
-        action_out = self.action_decoder(torch.cat((phi_s, phi_t), dim=1))
-        pose_out = self.pose_decoder(torch.cat((psi_s, psi_t), dim=1))
+        action_out = self.action_decoder(self.embedding_pair(phi_s, phi_t))
+        pose_out = self.pose_decoder(self.embedding_pair(psi_s, psi_t))
         fused_flow, action_weight, pose_weight = fuse_flows(action_out, pose_out)
         action_flow, pose_flow = action_out[:, :2], pose_out[:, :2]
 
@@ -320,12 +353,16 @@ class TwinCycleAutoencoder(nn.Module):
         psi_g, psi_a, psi_p = generated.pose_embedding.split(batch)
 
         # The twin cycles: undo the action change with D_A and the pose change with D_P.
-        action_cycle_flow = self.action_decoder(torch.cat((phi_a, phi_s), dim=1))[:, :2]
-        pose_cycle_flow = self.pose_decoder(torch.cat((psi_p, psi_s), dim=1))[:, :2]
+        action_cycle_flow = self.action_decoder(self.embedding_pair(phi_a, phi_s))[:, :2]
+        pose_cycle_flow = self.pose_decoder(self.embedding_pair(psi_p, psi_s))[:, :2]
         cycled = warp(torch.cat((action_changed, pose_changed)), torch.cat((action_cycle_flow, pose_cycle_flow)))
         action_cycle_reconstruction, pose_cycle_reconstruction = cycled.split(batch)
 
         source_attention_maps = None if real.attention_maps is None else real.attention_maps[:batch]
+        landmark_readouts = None
+        if self.config.landmark_readout:  # [ours] (B, 68, 2) each: action part, head-motion part
+            landmark_readouts = (self.action_readout(phi_s - phi_t).unflatten(1, (READOUT_LANDMARKS, 2)),
+                                 self.pose_readout(psi_s - psi_t).unflatten(1, (READOUT_LANDMARKS, 2)))
         return TAEOutput(
             source_action_embedding=phi_s, source_pose_embedding=psi_s,
             target_action_embedding=phi_t, target_pose_embedding=psi_t,
@@ -338,7 +375,7 @@ class TwinCycleAutoencoder(nn.Module):
             action_cycle_flow=action_cycle_flow, pose_cycle_flow=pose_cycle_flow,
             action_cycle_reconstruction=action_cycle_reconstruction,
             pose_cycle_reconstruction=pose_cycle_reconstruction,
-            source_attention_maps=source_attention_maps,
+            source_attention_maps=source_attention_maps, landmark_readouts=landmark_readouts,
         )
 
 

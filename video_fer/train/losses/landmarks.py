@@ -1,4 +1,5 @@
-"""Landmark-guided fields **[ours]** (METHOD.md §1, "What we add"): a label-free signal for both decoders.
+"""Landmark-guided fields **[ours]** (METHOD.md §1, "What we add"): a label-free signal for both decoders,
+and optionally for both embeddings directly (``TAEConfig.landmark_readout``).
 
 For a pair (source ``s``, target ``t``) with iBUG-68 landmarks in crop pixels:
 
@@ -162,8 +163,9 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, source_points: torch.Tensor,
                          target_points: torch.Tensor, kind: str = "rigid3d", penalty: str = "huber",
-                         delta: float = 0.01) -> dict[str, torch.Tensor]:
-    """The two landmark-guidance terms, per sample.
+                         delta: float = 0.01, readouts: tuple[torch.Tensor, torch.Tensor] | None = None
+                         ) -> dict[str, torch.Tensor]:
+    """The landmark-guidance terms, per sample: two on the fields, and two on the embeddings with ``readouts``.
 
     Args:
         action_flow, pose_flow: ``(B, 2, S, S)`` predicted fields (normalised units).
@@ -174,9 +176,13 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
             0.6 px at 128 px, about MediaPipe's landmark jitter) and L1 above it, so both penalties have
             the scale of L1 (torch's Huber proper is ``delta`` times smaller: negligible beside the
             reconstruction term at the same weight).
+        readouts: **[ours]** ``TAEOutput.landmark_readouts``, the linear readouts of the embedding changes
+            ``(B, 68, 2)`` (normalised units), compared with the residual and the head motion at every
+            finite landmark (in or out of the crop: no field is sampled), or None.
 
     Returns:
-        ``{"landmark_pose_field": (B,), "landmark_action_field": (B,)}`` float32.
+        ``{"landmark_pose_field": (B,), "landmark_action_field": (B,)}`` float32, plus
+        ``"landmark_pose_embedding"`` and ``"landmark_action_embedding"`` with ``readouts``.
     """
     size = action_flow.shape[-1]
     source_points, target_points = source_points.float(), target_points.float()
@@ -190,10 +196,18 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
     valid = inside(at_target) & inside(at_moved) & inside(pixels_to_grid(source_points, size))
     pose = sample_field_at(pose_flow.float(), at_target.nan_to_num())
     action = sample_field_at(action_flow.float(), at_moved.nan_to_num())
-    return {
-        "landmark_pose_field": _masked_mean(_penalty(pose - (rigid * scale).nan_to_num(), penalty, delta), valid),
-        "landmark_action_field": _masked_mean(_penalty(action - (residual * scale).nan_to_num(), penalty, delta), valid),
+    pose_target, action_target = (rigid * scale).nan_to_num(), (residual * scale).nan_to_num()
+    terms = {
+        "landmark_pose_field": _masked_mean(_penalty(pose - pose_target, penalty, delta), valid),
+        "landmark_action_field": _masked_mean(_penalty(action - action_target, penalty, delta), valid),
     }
+    if readouts is not None:
+        finite = torch.isfinite(rigid).all(-1) & torch.isfinite(residual).all(-1)
+        action_readout, pose_readout = (readout.float() for readout in readouts)
+        terms["landmark_pose_embedding"] = _masked_mean(_penalty(pose_readout - pose_target, penalty, delta), finite)
+        terms["landmark_action_embedding"] = _masked_mean(_penalty(action_readout - action_target, penalty, delta),
+                                                          finite)
+    return terms
 
 
 __all__ = ["FITS", "PENALTIES", "RIGID_POINTS_68", "apply_transform", "weak_perspective_projection", "fit_rigid_transform", "landmark_field_terms",

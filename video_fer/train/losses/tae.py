@@ -39,6 +39,9 @@ class TAELossWeights:
     # [ours] landmark-guided fields (video_fer.train.losses.landmarks); 0 = the reference objective
     landmark_pose_field: float = 0.0  # pose field at the target landmarks vs their head motion
     landmark_action_field: float = 0.0  # action field at the moved landmarks vs what the head motion leaves
+    # [ours] the same two parts read linearly from the embedding changes (needs model.landmark_readout: true)
+    landmark_pose_embedding: float = 0.0  # pose_readout(psi_s - psi_t) vs the head motion at the landmarks
+    landmark_action_embedding: float = 0.0  # action_readout(phi_s - phi_t) vs what the head motion leaves
 
     def as_dict(self) -> dict[str, float]:
         """Term name -> weight."""
@@ -73,12 +76,29 @@ def ramped_weights(weights: "TAELossWeights", factor: float) -> "TAELossWeights"
     return TAELossWeights(**table)
 
 
-LANDMARK_TERMS = ("landmark_pose_field", "landmark_action_field")
+LANDMARK_TERMS = ("landmark_pose_field", "landmark_action_field", "landmark_pose_embedding",
+                  "landmark_action_embedding")
+READOUT_TERMS = LANDMARK_TERMS[2:]
 
 
 def uses_landmarks(weights: "TAELossWeights") -> bool:
     """True when a landmark-guidance term has a weight (the pairs must then carry landmarks)."""
     return any(getattr(weights, name) != 0 for name in LANDMARK_TERMS)
+
+
+def check_landmark_readout(weights: "TAELossWeights", readout: bool) -> None:
+    """The embedding readout terms have weights exactly when the model has the readouts (``model.landmark_readout``).
+
+    Raises:
+        ConfigError: a readout term is weighted without the readouts, or the readouts are on with a term at 0
+            (a parameter no loss reaches, which distributed training refuses).
+    """
+    weighted = [name for name in READOUT_TERMS if getattr(weights, name) != 0]
+    if weighted and not readout:
+        raise ConfigError(f"loss.weights.{weighted[0]} > 0 needs model.landmark_readout: true (the readout it trains)")
+    if readout and len(weighted) < len(READOUT_TERMS):
+        raise ConfigError(f"model.landmark_readout: true needs loss.weights.{' and '.join(READOUT_TERMS)} > 0 "
+                          f"(got {', '.join(f'{n}={getattr(weights, n)}' for n in READOUT_TERMS)})")
 
 
 def _per_sample_l1(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -232,5 +252,6 @@ def reduce_terms(terms: Mapping[str, torch.Tensor], weights: TAELossWeights | Ma
     return total, reduced
 
 
-__all__ = ["CONSISTENCY_TERMS", "HardSampleCurriculum", "LANDMARK_TERMS", "uses_landmarks", "TAELossWeights", "consistency_ramp", "ramped_weights",
+__all__ = ["CONSISTENCY_TERMS", "HardSampleCurriculum", "LANDMARK_TERMS", "READOUT_TERMS", "check_landmark_readout",
+           "uses_landmarks", "TAELossWeights", "consistency_ramp", "ramped_weights",
            "reduce_terms", "tae_loss_terms", "weighted_total"]
