@@ -106,10 +106,11 @@ def test_the_real_video_config_is_the_measured_setting():
     config = load_config(path, ["data.exclude_videos=[liveportrait_d3]"], schema=PretrainConfig)
     assert config.model == {"image_size": 128, "width": 16, "embedding_dim": 128, "attention_streams": 4,
                             "stream_width": 32, "zero_init_flow": True, "decoder_input": "concat",
-                            "landmark_readout": False}
-    reference = asdict(TAELossWeights())  # the reference weights, the two landmark terms off
-    assert config.loss.weights == {**reference, "landmark_pose_field": 10, "landmark_action_field": 10}
-    assert reference["landmark_pose_field"] == reference["landmark_action_field"] == 0
+                            "landmark_readout": True}
+    reference = asdict(TAELossWeights())  # the reference weights, the four landmark terms off
+    guided = ("landmark_pose_field", "landmark_action_field", "landmark_pose_embedding", "landmark_action_embedding")
+    assert config.loss.weights == {**reference, **{name: 10 for name in guided}}
+    assert all(reference[name] == 0 for name in guided)
     assert config.loss.landmark_fit == "rigid3d"
     assert config.data.augment and config.data.augment_same_crop and config.data.preload
     assert (config.train.max_steps, config.train.batch_size) == (1200, 16)

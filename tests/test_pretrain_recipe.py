@@ -110,7 +110,8 @@ def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 tracks (0 held out)" in result.stdout  # astronaut's two tracks; grace_hopper's two left out
     rows = read_csv_log(tmp_path / "real" / "losses.csv")
-    assert [int(r["step"]) for r in rows] == [1, 2] and all(float(r["landmark_pose_field"]) > 0 for r in rows)
+    assert [int(r["step"]) for r in rows] == [1, 2] and all(
+        float(r["landmark_pose_field"]) > 0 and float(r["landmark_action_embedding"]) > 0 for r in rows)
     exported = json.loads((tmp_path / "real" / "encoder" / "config.json").read_text())["extra"]
     assert exported["excluded_videos"] == ["grace_hopper"] and exported["alignment"]["size"] == 64
 

@@ -61,7 +61,8 @@ class TAEConfig:
             (``loss.weights.landmark_action_embedding`` / ``landmark_pose_embedding``): ``phi_s - phi_t`` to
             what the head motion leaves at the 68 landmarks, ``psi_s - psi_t`` to the head motion there.
             They start at zero ("no motion"): from PyTorch's random start their loss was 3-4x that of no
-            motion on real video, and AdamW at 1e-4 took ~500 steps to get back to it. Pretraining only: an encoder export does not contain them. False = the reference model.
+            motion on real video, and AdamW at 1e-4 took ~500 steps to get back to it. Pretraining only:
+            an encoder export does not contain them. False = the reference model.
     """
 
     image_size: int = 256
