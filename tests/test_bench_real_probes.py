@@ -67,6 +67,7 @@ def test_the_benchmark_writes_its_tables_and_a_rerun_reuses_everything(tmp_path,
     assert rerun["encoders"]["tae_landmarks"] == results["encoders"]["tae_landmarks"]
     assert rerun["encoders"]["exported"] == rerun["encoders"]["tae_landmarks"]  # the last checkpoint's weights
     assert rerun["given_encoders"]["exported"]["saw_test_clips"] is False  # pretrained on the fit clips' view
+    assert rerun["given_encoders"]["exported"]["drawn"]  # its run's last checkpoint is in the picture
     assert "| exported (given; test clips held out) |" in (tmp_path / "run" / "bench_real_probes.md").read_text()
     whole = str(tmp_path / "run" / "real_cache_64")  # the cache holding the test clip too
     assert tool.saw_test_clips({"cache": whole, "excluded_videos": []}, ["clip_c"]) is True

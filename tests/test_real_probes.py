@@ -5,7 +5,7 @@ import torch
 
 from video_fer.data.derived_caches import downscale_cache, rescale_points, subset_cache
 from video_fer.data.synthetic import build_demo_cache
-from video_fer.errors import ConfigError
+from video_fer.errors import CacheError, ConfigError
 from video_fer.evaluate import real_probes as rp
 from video_fer.evaluate.real_references import default_au_mapping, head_angles_from_transformation, load_au_mapping
 from video_fer.faces.head_pose import rotation_from_euler
@@ -47,6 +47,13 @@ def test_downscaled_cache_keeps_tracks_and_moves_landmarks(tmp_path):
     assert np.allclose(small.landmarks(track), source.landmarks(track) / 2 - 0.25, atol=1e-5)
     assert np.allclose(rescale_points(np.array([[-0.5, 63.5]]), 0.5), [[-0.5, 31.5]])  # crop edges stay edges
     assert downscale_cache(source, tmp_path / "small", 32, progress=False).tracks  # a rerun resumes (nothing to do)
+    # a folder holding another cache of the same size (prepared directly, or from another source) is not resumed
+    other = build_demo_cache(tmp_path / "other", size=32, frames_per_track=4, tracks_per_identity=1)
+    with pytest.raises(CacheError, match=f"{other.root}: this cache was prepared from videos, not from {source.root}"):
+        downscale_cache(source, other.root, 32, progress=False)
+    copy = build_demo_cache(tmp_path / "copy", size=64, frames_per_track=4, tracks_per_identity=1)
+    with pytest.raises(CacheError, match="this cache was downscaled from .*demo, not from .*copy"):
+        downscale_cache(copy, tmp_path / "small", 32, progress=False)
 
 
 def test_subset_cache_lists_only_the_chosen_videos_with_new_identities(tmp_path):

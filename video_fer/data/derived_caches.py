@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from video_fer.data.cache import CacheWriter, FaceTrackCache, read_manifests, read_settings
+from video_fer.data.cache import SETTINGS_FILE, CacheWriter, FaceTrackCache, read_manifests, read_settings
 from video_fer.errors import CacheError
 
 
@@ -53,6 +53,12 @@ def downscale_cache(source: FaceTrackCache | str | os.PathLike, out: str | os.Pa
     source = source if isinstance(source, FaceTrackCache) else FaceTrackCache(source)
     if size > source.size or size % 2:
         raise CacheError(f"downscale_cache: size {size} must be even and at most the source's {source.size}")
+    if (Path(out) / SETTINGS_FILE).is_file():  # resuming: the folder must hold this source's downscaled crops
+        made_from = read_settings(out).get("derived_from")
+        if made_from is None or Path(made_from).resolve() != source.root.resolve():
+            made = "was prepared from videos" if made_from is None else f"was downscaled from {made_from}"
+            raise CacheError(f"{out}: this cache {made}, not from {source.root}; its crops would differ from "
+                             "the source's: give another folder, or delete this one to rebuild it")
     factor = size / source.size
     settings = dict(source.settings)
     alignment = dict(settings["alignment"], size=size)
