@@ -21,7 +21,7 @@ One run does everything and resumes where a previous run of the same ``--out`` s
    ``--encoder NAME=PATH`` adds an encoder already trained (an ``encoder/`` export) as a row; the
    report says which videos its pretraining left out, so a row trained on test people shows as such.
    When the export sits in its ``recipes/pretrain_video.py`` run folder, the picture shows that run's
-   last checkpoint too.
+   checkpoint of the same step too.
 
 Written to ``<out>``: ``bench_real_probes.md`` (tables), ``bench_real_probes.json`` (every number, per
 AU, per angle, per checkpoint), ``attention_fields.png`` (attention maps and both fields of test faces),
@@ -186,14 +186,13 @@ def encoder_row(name: str, path: Path, cache: FaceTrackCache, frames, split, pai
     return {**stored, "trained": trained}
 
 
-def final_model(encoder_path: Path):
-    """The whole TAE behind an ``encoder/`` export, for the picture: the last checkpoint of the
-    ``recipes/pretrain_video.py`` run the export sits in, or None (an export on its own has no decoders)."""
+def final_model(encoder_path: Path, step: int | None):
+    """The whole TAE behind an ``encoder/`` export, for the picture: the checkpoint of the export's step in
+    the ``recipes/pretrain_video.py`` run folder it sits in, or None (an export on its own has no decoders)."""
     run_dir = Path(encoder_path).parent
-    if not (run_dir / "checkpoints").is_dir() or not (run_dir / "config.json").is_file():
+    if step is None or not (run_dir / "checkpoints").is_dir() or not (run_dir / "config.json").is_file():
         return None
-    models = list(checkpoint_models(run_dir))
-    return models[-1][1] if models else None
+    return next((model for saved, model in checkpoint_models(run_dir) if saved == step), None)
 
 
 def figure_pairs(frames, split, count: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -411,7 +410,7 @@ def main(argv=None) -> int:
     for name, path in given.items():
         row = encoder_row(name, path, cache, frames, split, pairs, active, args, out)
         results["encoders"][name], results["diagnostics"][name] = row["scores"], row["diagnostics"]
-        model = final_model(path)
+        model = final_model(path, row["trained"]["step"])
         if model is not None:
             shown[name] = rp.attention_and_fields(model, frames.images[first], frames.images[second])
         results["given_encoders"][name] = {**row["trained"], "drawn": model is not None}
