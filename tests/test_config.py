@@ -108,8 +108,9 @@ def test_the_real_video_config_is_the_measured_setting():
                             "stream_width": 32, "zero_init_flow": True, "decoder_input": "concat",
                             "landmark_readout": True}
     reference = asdict(TAELossWeights())  # the reference weights, the four landmark terms off
-    guided = ("landmark_pose_field", "landmark_action_field", "landmark_pose_embedding", "landmark_action_embedding")
-    assert config.loss.weights == {**reference, **{name: 10 for name in guided}}
+    guided = {"landmark_pose_field": 10, "landmark_action_field": 10, "landmark_pose_embedding": 30,
+              "landmark_action_embedding": 30}
+    assert config.loss.weights == {**reference, **guided}
     assert all(reference[name] == 0 for name in guided)
     assert config.loss.landmark_fit == "rigid3d"
     assert config.data.augment and config.data.augment_same_crop and config.data.preload
