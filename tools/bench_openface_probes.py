@@ -28,6 +28,7 @@ from video_fer.data.prepare import prepare_videos
 from video_fer.evaluate import openface_probes as op
 from video_fer.evaluate import real_probes as rp
 from video_fer.evaluate.openface import read_openface_csv
+from video_fer.evaluate.pretrain_runs import parse_encoders
 from video_fer.faces.alignment import check_encoder_crops
 from video_fer.io import atomic_write
 from video_fer.models.checkpoint import load_encoder
@@ -35,18 +36,7 @@ from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ("WolfgangLanger_Pexels", "single_face")
-
-
-def parse_encoders(items: list[str]) -> dict[str, Path]:
-    rows = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--encoder {item!r}: expected NAME=PATH (an encoder/ folder)")
-        if name in rows or name in ("untrained", "hog", "pixels_pca", "landmarks", "mediapipe_blendshapes"):
-            raise SystemExit(f"--encoder {item!r}: the row name {name!r} is taken; choose another")
-        rows[name] = Path(path)
-    return rows
+BASELINE_ROWS = ("untrained", "hog", "pixels_pca", "landmarks (reference)", "mediapipe_blendshapes (reference)")
 
 
 def report(results: dict) -> str:
@@ -88,7 +78,7 @@ def main(argv=None) -> int:
     shared, out = Path(args.shared), Path(args.out)
     started = time.perf_counter()
 
-    encoders = {name: load_encoder(path) for name, path in parse_encoders(args.encoder).items()}
+    encoders = {name: load_encoder(path) for name, path in parse_encoders(args.encoder, set(BASELINE_ROWS)).items()}
     first = next(iter(encoders.values()), None)
     size = args.size or (first.encoder.config.image_size if first else 128)
     videos = [shared / "data" / "videos" / f"{key}.mp4" for key in args.clips]
@@ -105,8 +95,9 @@ def main(argv=None) -> int:
     folds = op.block_folds(frames.clips, frames.positions, args.blocks, args.gap)
     active = op.active_aus(frames)
     counts = {key: int((frames.clips == key).sum()) for key in args.clips}
-    print(f"{len(frames)} frames matched to OpenFace ({counts}); AUs that vary in every clip: "
-          f"{[n for n, keep in zip(frames.au_names, active) if keep]}", flush=True)
+    active_names = [name for name, keep in zip(frames.au_names, active) if keep]
+    print(f"{len(frames)} frames matched to OpenFace ({counts}); AUs that vary in every clip: {active_names}",
+          flush=True)
 
     torch.manual_seed(args.seed)
     config = first.encoder.config if first else TAEConfig(image_size=size, width=16, embedding_dim=128,
@@ -115,7 +106,7 @@ def main(argv=None) -> int:
     for name, export in encoders.items():
         check_encoder_crops(cache.alignment, export.crops, f"--encoder {name}={export.path}")
         models[name] = export.encoder
-    results = {"data": {"frames": counts, "active_aus": [n for n, keep in zip(frames.au_names, active) if keep],
+    results = {"data": {"frames": counts, "active_aus": active_names,
                         "blocks": args.blocks, "gap": args.gap, "size": size,
                         "encoders": {name: str(export.path.resolve()) for name, export in encoders.items()}},
                "encoders": {}, "baselines": {}}

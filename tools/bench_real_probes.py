@@ -42,7 +42,8 @@ import torch
 from video_fer.data.cache import FaceTrackCache
 from video_fer.data.derived_caches import downscale_cache, subset_cache
 from video_fer.evaluate import real_probes as rp
-from video_fer.evaluate.pretrain_runs import checkpoint_models, model_variants, parse_extra, run_pretraining
+from video_fer.evaluate.pretrain_runs import (checkpoint_models, model_variants, parse_encoders, parse_extra,
+                                              run_pretraining)
 from video_fer.evaluate.real_references import compute_references, load_au_mapping
 from video_fer.faces.alignment import check_encoder_crops
 from video_fer.io import atomic_write
@@ -139,19 +140,6 @@ def cached(path: Path, key: dict, compute):
     value = json.loads(json.dumps(compute(), default=float))  # as it will read back
     write_text(path, json.dumps({"key": key, "value": value}))
     return value
-
-
-def parse_encoders(items: list[str], taken: set[str]) -> dict[str, Path]:
-    """``NAME=PATH`` -> {NAME: encoder folder}; a name must be new (not a pretrained row, not "untrained")."""
-    rows = {}
-    for item in items:
-        name, _, path = item.partition("=")
-        if not name or not path:
-            raise SystemExit(f"--encoder {item!r}: expected NAME=PATH (an encoder/ folder of recipes/pretrain_video.py)")
-        if name in taken or name in rows:
-            raise SystemExit(f"--encoder {item!r}: the row name {name!r} is taken; choose another")
-        rows[name] = Path(path)
-    return rows
 
 
 def saw_test_clips(extra: dict, test_clips) -> bool | None:

@@ -45,6 +45,20 @@ def parse_extra(items: list[str]) -> dict[str, list[str]]:
     return rows
 
 
+def parse_encoders(items: list[str], taken: set[str]) -> dict[str, Path]:
+    """``NAME=PATH`` -> {NAME: encoder folder} (trained encoders a benchmark probes as rows); a name must be new,
+    not one of ``taken`` (the benchmark's own rows)."""
+    rows = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise SystemExit(f"--encoder {item!r}: expected NAME=PATH (an encoder/ folder of recipes/pretrain_video.py)")
+        if name in taken or name in rows:
+            raise SystemExit(f"--encoder {item!r}: the row name {name!r} is taken; choose another")
+        rows[name] = Path(path)
+    return rows
+
+
 
 def pretrain_command(run_dir: Path, overrides: Sequence[str]) -> list[str]:
     """The recipe's command line for one row (``--resume`` last: it takes an optional value)."""
@@ -117,4 +131,4 @@ def checkpoint_models(run_dir: Path, max_step: int | None = None) -> Iterator[tu
         yield step, model
 
 
-__all__ = ["checkpoint_models", "pretrain_command", "run_config", "run_pretraining"]
+__all__ = ["checkpoint_models", "parse_encoders", "parse_extra", "pretrain_command", "run_config", "run_pretraining"]
