@@ -56,6 +56,7 @@ def test_the_benchmark_writes_its_tables_and_a_rerun_reuses_everything(tmp_path,
     assert (tmp_path / "run" / "real_cache" / "references" / "clip_a__t0000.npz").is_file()
     assert "| tae_landmarks |" in (tmp_path / "run" / "bench_real_probes.md").read_text()
     assert (tmp_path / "run" / "attention_fields.png").stat().st_size > 0
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0  # a pretrained row has a curve
     spent = (tmp_path / "run" / "pretraining.json").read_text()
     stored = tmp_path / "run" / "models" / "tae_landmarks" / "probes" / "step_00000004.json"
     probed = stored.read_text()

@@ -413,6 +413,7 @@ def main(argv=None) -> int:
     write_text(out / "bench_real_probes.md", text + "\n")
     if shown:
         rp.save_attention_sheet(out / "attention_fields.png", frames.images[first], frames.images[second], shown, titles)
+    if results["curves"]:  # pretrained rows only: given encoders have no checkpoints to draw a curve from
         save_curves(out / "curves.png", results["curves"], {
             "hog": results["baselines"]["hog"]["summary"], "untrained": results["encoders"]["untrained"]["action"]["summary"]})
     print(f"\nwritten: {out / 'bench_real_probes.md'}, {out / 'bench_real_probes.json'}, {out / 'attention_fields.png'}")
