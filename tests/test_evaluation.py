@@ -144,3 +144,12 @@ def test_cli_evaluate_writes_the_report_and_names_a_bad_folder(tmp_path, capsys)
         args.handler(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", str(tmp_path), "--threshold", "1.5"])
+
+
+def test_the_benchmarks_markdown_table_lines_up_and_refuses_a_short_row():
+    from video_fer.evaluate.tables import markdown_table
+
+    text = markdown_table(["features", "r"], [["hog", ".398"], ["untrained", ".127"]])
+    assert text.splitlines() == ["| features | r |", "|---|---|", "| hog | .398 |", "| untrained | .127 |"]
+    with pytest.raises(ValueError, match="1 cells for 2 columns"):
+        markdown_table(["features", "r"], [["hog"]])

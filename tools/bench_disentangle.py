@@ -45,6 +45,7 @@ from video_fer.io import atomic_write
 from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 from video_fer.evaluate.pretrain_runs import model_variants, parse_extra, run_pretraining
 from video_fer.evaluate.probes import f1_per_column, logistic_probe, ridge_probe
+from video_fer.evaluate.tables import markdown_table
 from video_fer.train.checkpoints import latest_checkpoint, list_checkpoints, step_of_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,11 +154,6 @@ def generator_speed(bank, size: int, seconds: float = 5.0, batch: int = 32) -> f
         animate_faces(faces, generator, landmarks=points)
         made += len(faces)
     return 60 * made / (time.perf_counter() - started)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def report(results: dict) -> str:

@@ -34,6 +34,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from video_fer.evaluate.tables import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HEADS = ("acnn", "ran", "prior", "aha", "linear")
@@ -70,11 +72,6 @@ def data_overrides(shared: Path, frames_per_video: int) -> tuple[list[str], str]
              f"data.synthetic_videos=[{','.join(map(str, videos))}]", f"data.frames_per_video={frames_per_video}",
              f"data.landmarker_model={model}"],
             f"demo photos + {len(images)} photos + {len(videos)} videos from {shared}")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ from video_fer.evaluate import openface_probes as op
 from video_fer.evaluate import real_probes as rp
 from video_fer.evaluate.openface import read_openface_csv
 from video_fer.evaluate.pretrain_runs import parse_encoders
+from video_fer.evaluate.tables import markdown_table
 from video_fer.faces.alignment import check_encoder_crops
 from video_fer.io import atomic_write
 from video_fer.models.checkpoint import load_encoder
@@ -55,8 +56,7 @@ def report(results: dict) -> str:
     lines = [f"Clips: {', '.join(f'{k} ({v} frames)' for k, v in data['frames'].items())}; OpenFace AUs scored "
              f"(vary in every clip): {', '.join(data['active_aus'])}. Ridge, {data['blocks']} time blocks per clip, "
              f"gap {data['gap']} frames; Pearson r within each predicted block, mean over the blocks. Within-person scores.",
-             "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+             "", markdown_table(header, rows)]
     return "\n".join(lines) + "\n"
 
 

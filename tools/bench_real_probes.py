@@ -44,6 +44,7 @@ from video_fer.data.derived_caches import downscale_cache, subset_cache
 from video_fer.evaluate import real_probes as rp
 from video_fer.evaluate.pretrain_runs import (checkpoint_models, model_variants, parse_encoders, parse_extra,
                                               run_pretraining)
+from video_fer.evaluate.tables import markdown_table
 from video_fer.evaluate.real_references import compute_references, load_au_mapping
 from video_fer.faces.alignment import check_encoder_crops
 from video_fer.io import atomic_write
@@ -218,11 +219,6 @@ def save_curves(path: Path, curves: dict, baselines: dict) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def report(results: dict) -> str:
@@ -416,7 +412,8 @@ def main(argv=None) -> int:
     if results["curves"]:  # pretrained rows only: given encoders have no checkpoints to draw a curve from
         save_curves(out / "curves.png", results["curves"], {
             "hog": results["baselines"]["hog"]["summary"], "untrained": results["encoders"]["untrained"]["action"]["summary"]})
-    print(f"\nwritten: {out / 'bench_real_probes.md'}, {out / 'bench_real_probes.json'}, {out / 'attention_fields.png'}")
+    written = [out / "bench_real_probes.md", out / "bench_real_probes.json"] + [out / "attention_fields.png"] * bool(shown)
+    print(f"\nwritten: {', '.join(map(str, written + [out / 'curves.png'] * bool(results['curves'])))}")
     return 0
 
 
