@@ -174,8 +174,9 @@ def to_model_input(frames: torch.Tensor, device, channels_last: bool) -> torch.T
 def training_pair(batch: dict, run: RecipeRun, progress: TrainingProgress, data: DataConfig, channels_last: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
     """Source and target faces of one micro-batch on the device: uint8 crops -> float, batched augmentation
-    seeded by the data position (the same draws after a resume); and their landmarks moved with the same
-    crops when the batch carries them (landmark-guided fields), else None."""
+    seeded by the data position (the same draws after a resume); and, when the batch carries landmarks
+    (landmark-guided fields), ``(source points, target points, track mean points)``, the pair's moved with the
+    same crops, else None."""
     device = run.accelerator.device
     source, target = (batch[key].to(device, non_blocking=True) for key in ("source", "target"))
     points = (batch["source_landmarks"].to(device), batch["target_landmarks"].to(device)) \
@@ -187,6 +188,8 @@ def training_pair(batch: dict, run: RecipeRun, progress: TrainingProgress, data:
         source, target = augment_pair(source, target, generator, data.augment_same_crop)
     else:
         source, target = as_float_images(source), as_float_images(target)
+    if points is not None:  # the track's mean stays in the prepared crop's pixels (the frame readout's fit absorbs the crop)
+        points = (*points, batch["track_landmarks"].to(device))
     if channels_last:
         source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
     return source, target, points
@@ -250,7 +253,7 @@ def kept_tracks(cache: FaceTrackCache, exclude: list, cache_root: Path) -> list:
 def train_micro_batch(model, source, target, points, weights, curriculum, config: PretrainConfig,
                       progress: TrainingProgress, accelerator):
     """Forward, loss, backward of one micro-batch (call inside ``accelerator.accumulate``); ``points``: the
-    pair's landmarks for the landmark-guided fields, or None.
+    pair's landmarks and its track's mean landmarks for the landmark terms (:func:`training_pair`), or None.
 
     Returns ``(output, loss, reduced terms, finite)``; a non-finite loss (every rank agrees) is not
     backpropagated.
@@ -260,9 +263,11 @@ def train_micro_batch(model, source, target, points, weights, curriculum, config
         terms = tae_loss_terms(output, source, target)
         if points is not None:
             loss_config = config.loss
-            terms.update(landmark_field_terms(output.action_flow, output.pose_flow, *points, loss_config.landmark_fit,
-                                              loss_config.landmark_penalty, loss_config.landmark_huber_delta,
-                                              output.landmark_readouts))
+            source_points, target_points, track_points = points
+            terms.update(landmark_field_terms(output.action_flow, output.pose_flow, source_points, target_points,
+                                              loss_config.landmark_fit, loss_config.landmark_penalty,
+                                              loss_config.landmark_huber_delta, output.landmark_readouts,
+                                              output.frame_readouts, track_points))
         ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
                                 config.loss.consistency_warmup_steps)
         loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
@@ -392,7 +397,7 @@ def main(argv=None) -> int:
     sampler = FacePairSampler(train_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.pairs_per_epoch,
                               seed=train.seed, rank=rank, world_size=world)
     weights = TAELossWeights(**config.loss.weights)
-    check_landmark_readout(weights, model_config.landmark_readout)
+    check_landmark_readout(weights, model_config.landmark_readout, model_config.frame_readout)
     guided = uses_landmarks(weights)  # [ours] landmark-guided fields: the pairs carry their landmarks
     if data.preload:  # decoded once; no worker processes (they would each get a copy of every frame)
         loader = pair_loader(InMemoryFrames(cache, train_tracks), sampler, train.batch_size, 0, landmarks=guided)

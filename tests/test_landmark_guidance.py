@@ -139,6 +139,31 @@ def test_readouts_equal_to_the_split_score_zero_and_a_zero_readout_misses_the_mo
     assert outside["landmark_pose_field"].max() == 0.0 and (outside["landmark_pose_embedding"] > 0).all()
 
 
+def test_the_frame_readout_is_scored_against_the_track_mean_in_any_crop():
+    mean = template(2)
+    frames = apply_transform(similarity(-5.0, 1.04, (1.5, 0.5)).expand(2, 2, 3), mean)  # the head turned
+    frames[1, MOUTH] += torch.tensor([0.0, 2.5])  # the second frame opens its mouth
+    source, target = frames[:1].expand(2, 68, 2), frames[1:].expand(2, 68, 2)  # pair 0 and pair 1 alike
+    scale = 2.0 / (SIZE - 1)
+    mouth = torch.zeros(68, 2)
+    mouth[MOUTH] = torch.tensor([0.0, 2.5]) * scale  # the opening, in the frame's pixels
+    exact = torch.stack((torch.zeros(68, 2), mouth)).expand(2, 2, 68, 2)  # (B, frame, 68, 2)
+    zero_field = torch.zeros(2, 2, SIZE, SIZE)
+    elsewhere = apply_transform(similarity(0.0, 0.8, (-6.0, 4.0)).expand(2, 2, 3), mean)  # the mean in another crop
+    for track_points in (mean, elsewhere):
+        terms = landmark_field_terms(zero_field, zero_field, source, target, frame_readouts=exact,
+                                     track_points=track_points)
+        assert terms["landmark_action_frame"].shape == (2,) and terms["landmark_action_frame"].max() < 1e-5
+    zeros = torch.zeros(2, 2, 68, 2, requires_grad=True)
+    missed = landmark_field_terms(zero_field, zero_field, source, target, frame_readouts=zeros, track_points=mean)
+    assert (missed["landmark_action_frame"] > 1e-4).all()
+    missed["landmark_action_frame"].sum().backward()
+    assert zeros.grad[:, 1, MOUTH, 1].abs().min() > 1e-3 and zeros.grad[:, 0].abs().max() < 1e-5  # frame 0: the mean
+    assert "landmark_action_frame" not in landmark_field_terms(zero_field, zero_field, source, target)
+    with pytest.raises(ValueError, match="track_points"):
+        landmark_field_terms(zero_field, zero_field, source, target, frame_readouts=zeros)
+
+
 def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
     check_landmark_readout(TAELossWeights(), False)  # the reference: neither
     check_landmark_readout(TAELossWeights(landmark_action_embedding=10, landmark_pose_embedding=10), True)
@@ -147,6 +172,11 @@ def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
     with pytest.raises(ConfigError, match="landmark_pose_embedding=0.0"):
         check_landmark_readout(TAELossWeights(landmark_action_embedding=10), True)
     assert uses_landmarks(TAELossWeights(landmark_pose_embedding=1.0))
+    check_landmark_readout(TAELossWeights(landmark_action_frame=10), False, frame_readout=True)
+    for weights, frame_readout in ((TAELossWeights(landmark_action_frame=10), False), (TAELossWeights(), True)):
+        with pytest.raises(ConfigError, match="frame readout and its term go together"):
+            check_landmark_readout(weights, False, frame_readout)
+    assert uses_landmarks(TAELossWeights(landmark_action_frame=1.0))
 
 
 def test_the_terms_backpropagate_into_the_fields_and_skip_points_outside():
@@ -191,6 +221,8 @@ def test_the_pair_dataset_delivers_the_cached_landmarks(tmp_path):
     item = FacePairDataset(cache, landmarks=True)[(track, 1, 3)]
     expected = torch.from_numpy(cache.landmarks(track)[[1, 3]])
     assert torch.equal(item["source_landmarks"], expected[0]) and torch.equal(item["target_landmarks"], expected[1])
+    track_mean = torch.from_numpy(cache.landmarks(track)).mean(0)
+    assert torch.allclose(item["track_landmarks"], track_mean)
     assert "source_landmarks" not in FacePairDataset(cache)[(track, 1, 3)]
 
 

@@ -101,6 +101,19 @@ def test_landmark_readouts_train_with_their_terms_and_refuse_a_term_without_them
     assert missing.returncode == 2 and "needs model.landmark_readout: true" in missing.stderr
 
 
+def test_the_frame_readout_trains_with_its_term_and_refuses_to_run_without_it(tmp_path, demo_dir):
+    frame = ("model.frame_readout=true", "loss.weights.landmark_action_frame=10")
+    result = run_recipe(tmp_path / "frame", demo_dir, "train.max_steps=2", "data.augment=false", *frame)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv_log(tmp_path / "frame" / "losses.csv")
+    assert all(float(r["landmark_action_frame"]) > 0 for r in rows)  # the demo's animated faces move their mouths
+    exported = json.loads((tmp_path / "frame" / "encoder" / "config.json").read_text())
+    assert exported["architecture"] == "tae_encoder"
+
+    missing = run_recipe(tmp_path / "missing", demo_dir, "train.max_steps=1", frame[0])
+    assert missing.returncode == 2 and "frame readout and its term go together" in missing.stderr
+
+
 def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tmp_path, demo_dir):
     """recipes/configs/pretrain_tae_real.yaml (landmark guidance, one crop per pair, preloaded frames) on the tiny
     demo cache with one of its two videos left out; a key the cache lacks is an error that names it."""

@@ -79,9 +79,9 @@ def test_forward_returns_every_tensor_with_its_shape():
     model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, **SMALL))
     output = model(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))
     assert isinstance(output, TAEOutput)
-    assert output.landmark_readouts is None  # only with TAEConfig.landmark_readout
+    assert output.landmark_readouts is None and output.frame_readouts is None  # only with TAEConfig's readouts
     shapes = {field.name: tuple(getattr(output, field.name).shape) for field in dataclasses.fields(output)
-              if field.name != "landmark_readouts"}
+              if field.name not in ("landmark_readouts", "frame_readouts")}
     for name, shape in shapes.items():
         if name.endswith("embedding"):
             assert shape == (2, 32), name
@@ -235,3 +235,19 @@ def test_landmark_readouts_read_the_embedding_changes_and_stay_out_of_the_encode
     assert model.encoder.action_branch.attention.weight.grad.abs().sum() > 0
     assert not any("readout" in name for name in model.encoder.state_dict())
     assert TwinCycleAutoencoder(TAEConfig(**SMALL))(source, target).landmark_readouts is None
+
+
+def test_the_frame_readout_reads_each_frame_and_stays_out_of_the_encoder():
+    model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, frame_readout=True, **SMALL))
+    source, target = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    output = model(source, target)
+    assert output.frame_readouts.shape == (2, 2, 68, 2) and output.landmark_readouts is None
+    assert output.frame_readouts.abs().max() == 0  # it starts at "the track's mean face"
+    with torch.no_grad():
+        model.frame_readout.weight.normal_()
+    output = model(source, target)
+    for frame, embedding in enumerate((output.source_action_embedding, output.target_action_embedding)):
+        assert torch.allclose(output.frame_readouts[:, frame].flatten(1), model.frame_readout(embedding), atol=1e-6)
+    output.frame_readouts.sum().backward()
+    assert model.encoder.action_branch.attention.weight.grad.abs().sum() > 0
+    assert not any("readout" in name for name in model.encoder.state_dict())

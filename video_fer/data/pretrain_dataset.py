@@ -64,10 +64,10 @@ class FacePairDataset(Dataset):
         skip_bad_tracks: [ours] a track that cannot be decoded gives its pairs from the next decodable
             track of the sampler (same positions, clipped to its length) instead of stopping the run.
         landmarks: also return the two frames' landmarks (crop pixels, the cache's ``landmarks_aligned``),
-            for the landmark-guided fields.
+            for the landmark-guided fields, and their track's mean landmarks (over its frames with landmarks).
 
     Items are dicts: ``source`` and ``target`` uint8 ``(S, S, 3)``, ``frames`` int64 ``(2,)``; with
-    ``landmarks``, ``source_landmarks`` and ``target_landmarks`` float32 ``(68, 2)``.
+    ``landmarks``, ``source_landmarks``, ``target_landmarks`` and ``track_landmarks`` float32 ``(68, 2)``.
     """
 
     def __init__(self, cache: Any, sampler: FacePairSampler | None = None, skip_bad_tracks: bool = False,
@@ -78,6 +78,7 @@ class FacePairDataset(Dataset):
         self.landmarks = landmarks
         self.bad_tracks: set[str] = set()  # found in this process
         self._row_of: dict[str, int] | None = None  # sampler row of each track, made on first need
+        self._track_means: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         if self.sampler is None:
@@ -89,8 +90,11 @@ class FacePairDataset(Dataset):
         frames, track_id, frame_a, frame_b = self._read_pair(track_id, frame_a, frame_b)
         item = {"source": frames[0], "target": frames[1], "frames": torch.tensor([frame_a, frame_b])}
         if self.landmarks:
-            points = torch.from_numpy(self.cache.landmarks(track_id)[[frame_a, frame_b]]).float()
-            item.update(source_landmarks=points[0], target_landmarks=points[1])
+            track_points = torch.from_numpy(self.cache.landmarks(track_id)).float()
+            if track_id not in self._track_means:  # NaN where no frame of the track has the point
+                self._track_means[track_id] = track_points.nanmean(0)
+            item.update(source_landmarks=track_points[frame_a], target_landmarks=track_points[frame_b],
+                        track_landmarks=self._track_means[track_id])
         return item
 
     def _read_pair(self, track_id: str, frame_a: int, frame_b: int) -> tuple[torch.Tensor, str, int, int]:

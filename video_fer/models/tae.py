@@ -63,6 +63,11 @@ class TAEConfig:
             They start at zero ("no motion"): from PyTorch's random start their loss was 3-4x that of no
             motion on real video, and AdamW at 1e-4 took ~500 steps to get back to it. Pretraining only:
             an encoder export does not contain them. False = the reference model.
+        frame_readout: **[ours]** one more linear map, from a single frame's ``phi`` to what the head pose
+            leaves of that frame's landmarks against its track's mean landmarks
+            (``loss.weights.landmark_action_frame``). The pair readout fixes ``phi`` only up to an offset per
+            person (any ``phi + c`` has the same changes); this one anchors it at the person's average face,
+            the reading a single-frame AU probe of unseen people needs. Zero start; pretraining only.
     """
 
     image_size: int = 256
@@ -73,6 +78,7 @@ class TAEConfig:
     zero_init_flow: bool = False
     decoder_input: str = "concat"
     landmark_readout: bool = False
+    frame_readout: bool = False
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -263,6 +269,8 @@ class TAEOutput:
     ``action_changed`` is ``I^A = warp(I_s, T_A)``, ``pose_changed`` is ``I^P = warp(I_s, T_P)``.
     ``landmark_readouts``: with ``TAEConfig.landmark_readout`` **[ours]**, the readouts of ``phi_s - phi_t``
     and ``psi_s - psi_t`` at the 68 landmarks, ``(B, 68, 2)`` each in normalised units; else None.
+    ``frame_readouts``: with ``TAEConfig.frame_readout`` **[ours]**, the readouts of ``phi_s`` and ``phi_t``,
+    ``(B, 2, 68, 2)`` in normalised units; else None.
     """
 
     source_action_embedding: torch.Tensor
@@ -289,6 +297,7 @@ class TAEOutput:
     pose_cycle_reconstruction: torch.Tensor
     source_attention_maps: torch.Tensor | None
     landmark_readouts: tuple[torch.Tensor, torch.Tensor] | None = None
+    frame_readouts: torch.Tensor | None = None
 
 
 @register_architecture("twin_cycle_autoencoder")
@@ -306,9 +315,12 @@ class TwinCycleAutoencoder(nn.Module):
         if config.landmark_readout:
             self.action_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
             self.pose_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
-            for readout in (self.action_readout, self.pose_readout):  # start at "no motion", as zero_init_flow
-                nn.init.zeros_(readout.weight)
-                nn.init.zeros_(readout.bias)
+        if config.frame_readout:
+            self.frame_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
+        readouts = [module for module in self.children() if isinstance(module, nn.Linear)]
+        for readout in readouts:  # start at "no motion", as zero_init_flow
+            nn.init.zeros_(readout.weight)
+            nn.init.zeros_(readout.bias)
 
     def embedding_pair(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """A decoder's input for the change ``first -> second`` (both ``(B, D)``), as ``config.decoder_input`` says."""
@@ -364,6 +376,9 @@ class TwinCycleAutoencoder(nn.Module):
         if self.config.landmark_readout:  # [ours] (B, 68, 2) each: action part, head-motion part
             landmark_readouts = (self.action_readout(phi_s - phi_t).unflatten(1, (READOUT_LANDMARKS, 2)),
                                  self.pose_readout(psi_s - psi_t).unflatten(1, (READOUT_LANDMARKS, 2)))
+        frame_readouts = None
+        if self.config.frame_readout:  # [ours] (B, 2, 68, 2): source, target
+            frame_readouts = self.frame_readout(torch.stack((phi_s, phi_t), 1)).unflatten(-1, (READOUT_LANDMARKS, 2))
         return TAEOutput(
             source_action_embedding=phi_s, source_pose_embedding=psi_s,
             target_action_embedding=phi_t, target_pose_embedding=psi_t,
@@ -377,6 +392,7 @@ class TwinCycleAutoencoder(nn.Module):
             action_cycle_reconstruction=action_cycle_reconstruction,
             pose_cycle_reconstruction=pose_cycle_reconstruction,
             source_attention_maps=source_attention_maps, landmark_readouts=landmark_readouts,
+            frame_readouts=frame_readouts,
         )
 
 

@@ -1,5 +1,5 @@
 """Landmark-guided fields **[ours]** (METHOD.md §1, "What we add"): a label-free signal for both decoders,
-and optionally for both embeddings directly (``TAEConfig.landmark_readout``).
+and optionally for both embeddings directly (``TAEConfig.landmark_readout``, ``TAEConfig.frame_readout``).
 
 For a pair (source ``s``, target ``t``) with iBUG-68 landmarks in crop pixels:
 
@@ -19,6 +19,11 @@ For a pair (source ``s``, target ``t``) with iBUG-68 landmarks in crop pixels:
    - ``"similarity"`` or ``"affine"``: a 2-D transform (METHOD.md's wording). Aligned crops have
      their 2-D motion mostly removed already, so what these leave is largely 3-D head rotation.
 2. **facial action**: what the fit leaves, ``p_s - G(q_t)`` at every landmark.
+
+The frame readout **[ours]** asks the same of one frame against its track's mean landmarks ``m`` (the
+person's average face): the action part of the pair (frame, ``m``), ``p - G(m)``. A similarity fit
+absorbs any shift and scale of ``m``, so ``m`` can stay in the prepared crop's pixels while ``p`` has
+been through the augmentation's crop.
 
 The fields use the backward-warp convention of :mod:`video_fer.models.warp` (output pixel ``p``
 samples the input at ``p + T(p)``), so:
@@ -163,7 +168,8 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, source_points: torch.Tensor,
                          target_points: torch.Tensor, kind: str = "rigid3d", penalty: str = "huber",
-                         delta: float = 0.01, readouts: tuple[torch.Tensor, torch.Tensor] | None = None
+                         delta: float = 0.01, readouts: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         frame_readouts: torch.Tensor | None = None, track_points: torch.Tensor | None = None
                          ) -> dict[str, torch.Tensor]:
     """The landmark-guidance terms, per sample: two on the fields, and two on the embeddings with ``readouts``.
 
@@ -179,10 +185,15 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
         readouts: **[ours]** ``TAEOutput.landmark_readouts``, the linear readouts of the embedding changes
             ``(B, 68, 2)`` (normalised units), compared with the residual and the head motion at every
             finite landmark (in or out of the crop: no field is sampled), or None.
+        frame_readouts: **[ours]** ``TAEOutput.frame_readouts`` ``(B, 2, 68, 2)`` (source, target), compared
+            with each frame's action part against ``track_points``, or None.
+        track_points: ``(B, 68, 2)`` the mean landmarks of each pair's track (any crop's pixels), needed
+            with ``frame_readouts``.
 
     Returns:
         ``{"landmark_pose_field": (B,), "landmark_action_field": (B,)}`` float32, plus
-        ``"landmark_pose_embedding"`` and ``"landmark_action_embedding"`` with ``readouts``.
+        ``"landmark_pose_embedding"`` and ``"landmark_action_embedding"`` with ``readouts`` and
+        ``"landmark_action_frame"`` (mean of the two frames) with ``frame_readouts``.
     """
     size = action_flow.shape[-1]
     source_points, target_points = source_points.float(), target_points.float()
@@ -207,6 +218,15 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
         terms["landmark_pose_embedding"] = _masked_mean(_penalty(pose_readout - pose_target, penalty, delta), finite)
         terms["landmark_action_embedding"] = _masked_mean(_penalty(action_readout - action_target, penalty, delta),
                                                           finite)
+    if frame_readouts is not None:
+        if track_points is None:
+            raise ValueError("landmark_field_terms: frame_readouts need track_points (the tracks' mean landmarks)")
+        frames = torch.cat((source_points, target_points))
+        _, frame_residual, _ = split_landmark_motion(frames, track_points.float().repeat(2, 1, 1), kind)
+        frame_target = (frame_residual * scale).unflatten(0, (2, -1)).transpose(0, 1)  # (B, 2, 68, 2)
+        finite = torch.isfinite(frame_target).all(-1)
+        error = _penalty(frame_readouts.float() - frame_target.nan_to_num(), penalty, delta)
+        terms["landmark_action_frame"] = _masked_mean(error.flatten(1, 2), finite.flatten(1))
     return terms
 
 
