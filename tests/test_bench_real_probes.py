@@ -70,6 +70,8 @@ def test_the_benchmark_writes_its_tables_and_a_rerun_reuses_everything(tmp_path,
     assert rerun["given_encoders"]["exported"]["saw_test_clips"] is False  # pretrained on the fit clips' view
     assert rerun["given_encoders"]["exported"]["drawn"]  # its run's last checkpoint is in the picture
     assert "| exported (given; test clips held out) |" in (tmp_path / "run" / "bench_real_probes.md").read_text()
+    assert "Learning curves" in tool.report(rerun)
+    assert "Learning curves" not in tool.report({**rerun, "curves": {}})  # given encoders alone: no empty table
     whole = str(tmp_path / "run" / "real_cache_64")  # the cache holding the test clip too
     assert tool.saw_test_clips({"cache": whole, "excluded_videos": []}, ["clip_c"]) is True
     assert tool.saw_test_clips({"cache": whole, "excluded_videos": ["clip_c"]}, ["clip_c"]) is False

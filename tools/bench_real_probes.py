@@ -279,7 +279,9 @@ def report(results: dict) -> str:
         "", table, "", "Diagnostics on the test clips: the AU probe with features and references centred per clip "
         "(actions within a person), how much of each embedding's variance lies within clips (the rest "
         "tells people apart), and the fields of test pairs at their landmarks against the landmarks' rigid/residual split "
-        "(video_fer.train.losses.landmarks; EPE in px of a 256 px crop):", "", diagnostic_table, "", "Learning curves (the same probes at each kept checkpoint):", "", curves]
+        "(video_fer.train.losses.landmarks; EPE in px of a 256 px crop):", "", diagnostic_table]
+    if curve_rows:  # pretrained rows only: given encoders have no checkpoints
+        lines += ["", "Learning curves (the same probes at each kept checkpoint):", "", curves]
     return "\n".join(lines)
 
 
