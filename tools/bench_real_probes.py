@@ -414,8 +414,9 @@ def main(argv=None) -> int:
     if results["curves"]:  # pretrained rows only: given encoders have no checkpoints to draw a curve from
         save_curves(out / "curves.png", results["curves"], {
             "hog": results["baselines"]["hog"]["summary"], "untrained": results["encoders"]["untrained"]["action"]["summary"]})
-    written = [out / "bench_real_probes.md", out / "bench_real_probes.json"] + [out / "attention_fields.png"] * bool(shown)
-    print(f"\nwritten: {', '.join(map(str, written + [out / 'curves.png'] * bool(results['curves'])))}")
+    written = ["bench_real_probes.md", "bench_real_probes.json"] + ["attention_fields.png"] * bool(shown) \
+        + ["curves.png"] * bool(results["curves"])
+    print(f"\nwritten: {', '.join(str(out / name) for name in written)}")
     return 0
 
 
