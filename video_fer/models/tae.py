@@ -317,10 +317,10 @@ class TwinCycleAutoencoder(nn.Module):
             self.pose_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
         if config.frame_readout:
             self.frame_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
-        readouts = [module for module in self.children() if isinstance(module, nn.Linear)]
-        for readout in readouts:  # start at "no motion", as zero_init_flow
-            nn.init.zeros_(readout.weight)
-            nn.init.zeros_(readout.bias)
+        for module in self.children():  # the readouts, the only Linear children, start at "no motion"
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def embedding_pair(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """A decoder's input for the change ``first -> second`` (both ``(B, D)``), as ``config.decoder_input`` says."""
