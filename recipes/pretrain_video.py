@@ -188,7 +188,7 @@ def training_pair(batch: dict, run: RecipeRun, progress: TrainingProgress, data:
         source, target = augment_pair(source, target, generator, data.augment_same_crop)
     else:
         source, target = as_float_images(source), as_float_images(target)
-    if points is not None:  # the track's mean stays in the prepared crop's pixels (the frame readout's fit absorbs the crop)
+    if points is not None:  # the track's mean stays in the prepared crop's pixels (the frame readouts' fit absorbs the crop)
         points = (*points, batch["track_landmarks"].to(device))
     if channels_last:
         source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
@@ -267,7 +267,7 @@ def train_micro_batch(model, source, target, points, weights, curriculum, config
             terms.update(landmark_field_terms(output.action_flow, output.pose_flow, source_points, target_points,
                                               loss_config.landmark_fit, loss_config.landmark_penalty,
                                               loss_config.landmark_huber_delta, output.landmark_readouts,
-                                              output.frame_readouts, track_points))
+                                              output.frame_readouts, track_points, output.pose_frame_readouts))
         ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
                                 config.loss.consistency_warmup_steps)
         loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
@@ -397,7 +397,8 @@ def main(argv=None) -> int:
     sampler = FacePairSampler(train_tracks, gap=data.gap, gap_unit=data.gap_unit, pairs_per_epoch=data.pairs_per_epoch,
                               seed=train.seed, rank=rank, world_size=world)
     weights = TAELossWeights(**config.loss.weights)
-    check_landmark_readout(weights, model_config.landmark_readout, model_config.frame_readout)
+    check_landmark_readout(weights, model_config.landmark_readout, model_config.frame_readout,
+                           model_config.pose_frame_readout)
     guided = uses_landmarks(weights)  # [ours] landmark-guided fields: the pairs carry their landmarks
     if data.preload:  # decoded once; no worker processes (they would each get a copy of every frame)
         loader = pair_loader(InMemoryFrames(cache, train_tracks), sampler, train.batch_size, 0, landmarks=guided)

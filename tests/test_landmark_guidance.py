@@ -164,6 +164,32 @@ def test_the_frame_readout_is_scored_against_the_track_mean_in_any_crop():
         landmark_field_terms(zero_field, zero_field, source, target, frame_readouts=zeros)
 
 
+def test_the_pose_frame_readout_is_scored_against_the_head_motion_from_the_track_mean():
+    mean = template(2)
+    turn = similarity(-5.0, 1.04, (1.5, 0.5))
+    frames = apply_transform(turn.expand(2, 2, 3), mean)  # both frames: the head turned from the mean
+    frames[1, MOUTH] += torch.tensor([0.0, 2.5])  # the second frame also opens its mouth
+    source, target = frames[:1].expand(2, 68, 2), frames[1:].expand(2, 68, 2)
+    scale = 2.0 / (SIZE - 1)
+    motion = (apply_transform(turn, mean[:1])[0] - mean[0]) * scale  # (68, 2) the turn, read at the mean's points
+    exact = motion.expand(2, 2, 68, 2)  # the same head motion for both frames: the mouth is not the head's
+    zero_field = torch.zeros(2, 2, SIZE, SIZE)
+    terms = landmark_field_terms(zero_field, zero_field, source, target, track_points=mean, pose_frame_readouts=exact)
+    assert terms["landmark_pose_frame"].shape == (2,) and terms["landmark_pose_frame"].max() < 1e-5
+    assert "landmark_action_frame" not in terms
+    zeros = torch.zeros(2, 2, 68, 2, requires_grad=True)
+    missed = landmark_field_terms(zero_field, zero_field, source, target, track_points=mean, pose_frame_readouts=zeros)
+    assert (missed["landmark_pose_frame"] > 1e-3).all()
+    missed["landmark_pose_frame"].sum().backward()
+    assert zeros.grad[:, :, 0].abs().min() > 1e-3  # the jaw's first point moves with the head in both frames
+    both = landmark_field_terms(zero_field, zero_field, source, target, track_points=mean, pose_frame_readouts=exact,
+                                frame_readouts=torch.zeros(2, 2, 68, 2))
+    assert torch.equal(both["landmark_pose_frame"], terms["landmark_pose_frame"])
+    assert (both["landmark_action_frame"] > 1e-4).all()  # frame 1's open mouth is the action part's
+    with pytest.raises(ValueError, match="track_points"):
+        landmark_field_terms(zero_field, zero_field, source, target, pose_frame_readouts=zeros)
+
+
 def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
     check_landmark_readout(TAELossWeights(), False)  # the reference: neither
     check_landmark_readout(TAELossWeights(landmark_action_embedding=10, landmark_pose_embedding=10), True)
@@ -177,6 +203,11 @@ def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
         with pytest.raises(ConfigError, match="frame readout and its term go together"):
             check_landmark_readout(weights, False, frame_readout)
     assert uses_landmarks(TAELossWeights(landmark_action_frame=1.0))
+    check_landmark_readout(TAELossWeights(landmark_pose_frame=10), False, pose_frame_readout=True)
+    for weights, pose_frame_readout in ((TAELossWeights(landmark_pose_frame=10), False), (TAELossWeights(), True)):
+        with pytest.raises(ConfigError, match="pose_frame_readout.*landmark_pose_frame"):
+            check_landmark_readout(weights, False, pose_frame_readout=pose_frame_readout)
+    assert uses_landmarks(TAELossWeights(landmark_pose_frame=1.0))
 
 
 def test_the_terms_backpropagate_into_the_fields_and_skip_points_outside():

@@ -101,17 +101,20 @@ def test_landmark_readouts_train_with_their_terms_and_refuse_a_term_without_them
     assert missing.returncode == 2 and "needs model.landmark_readout: true" in missing.stderr
 
 
-def test_the_frame_readout_trains_with_its_term_and_refuses_to_run_without_it(tmp_path, demo_dir):
+def test_the_frame_readouts_train_with_their_terms_and_refuse_to_run_without_them(tmp_path, demo_dir):
     frame = ("model.frame_readout=true", "loss.weights.landmark_action_frame=10")
-    result = run_recipe(tmp_path / "frame", demo_dir, "train.max_steps=2", "data.augment=false", *frame)
+    pose_frame = ("model.pose_frame_readout=true", "loss.weights.landmark_pose_frame=10")
+    result = run_recipe(tmp_path / "frame", demo_dir, "train.max_steps=2", "data.augment=false", *frame, *pose_frame)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_csv_log(tmp_path / "frame" / "losses.csv")
     assert all(float(r["landmark_action_frame"]) > 0 for r in rows)  # the demo's animated faces move their mouths
+    assert all(float(r["landmark_pose_frame"]) > 0 for r in rows)  # ... and their heads
     exported = json.loads((tmp_path / "frame" / "encoder" / "config.json").read_text())
     assert exported["architecture"] == "tae_encoder"
 
-    missing = run_recipe(tmp_path / "missing", demo_dir, "train.max_steps=1", frame[0])
-    assert missing.returncode == 2 and "frame readout and its term go together" in missing.stderr
+    for alone in (frame[0], pose_frame[0]):
+        missing = run_recipe(tmp_path / "missing", demo_dir, "train.max_steps=1", alone)
+        assert missing.returncode == 2 and "frame readout and its term go together" in missing.stderr
 
 
 def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tmp_path, demo_dir):

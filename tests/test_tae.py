@@ -79,9 +79,9 @@ def test_forward_returns_every_tensor_with_its_shape():
     model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, **SMALL))
     output = model(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))
     assert isinstance(output, TAEOutput)
-    assert output.landmark_readouts is None and output.frame_readouts is None  # only with TAEConfig's readouts
+    assert output.landmark_readouts is output.frame_readouts is output.pose_frame_readouts is None  # only with the readouts
     shapes = {field.name: tuple(getattr(output, field.name).shape) for field in dataclasses.fields(output)
-              if field.name not in ("landmark_readouts", "frame_readouts")}
+              if field.name not in ("landmark_readouts", "frame_readouts", "pose_frame_readouts")}
     for name, shape in shapes.items():
         if name.endswith("embedding"):
             assert shape == (2, 32), name
@@ -237,17 +237,27 @@ def test_landmark_readouts_read_the_embedding_changes_and_stay_out_of_the_encode
     assert TwinCycleAutoencoder(TAEConfig(**SMALL))(source, target).landmark_readouts is None
 
 
-def test_the_frame_readout_reads_each_frame_and_stays_out_of_the_encoder():
-    model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, frame_readout=True, **SMALL))
+def test_the_frame_readouts_read_each_frame_and_stay_out_of_the_encoder():
+    model = TwinCycleAutoencoder(TAEConfig(attention_streams=4, frame_readout=True, pose_frame_readout=True, **SMALL))
     source, target = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     output = model(source, target)
-    assert output.frame_readouts.shape == (2, 2, 68, 2) and output.landmark_readouts is None
-    assert output.frame_readouts.abs().max() == 0  # it starts at "the track's mean face"
+    assert output.frame_readouts.shape == output.pose_frame_readouts.shape == (2, 2, 68, 2)
+    assert output.landmark_readouts is None
+    assert output.frame_readouts.abs().max() == output.pose_frame_readouts.abs().max() == 0  # the track's mean face
     with torch.no_grad():
         model.frame_readout.weight.normal_()
+        model.pose_frame_readout.weight.normal_()
     output = model(source, target)
-    for frame, embedding in enumerate((output.source_action_embedding, output.target_action_embedding)):
-        assert torch.allclose(output.frame_readouts[:, frame].flatten(1), model.frame_readout(embedding), atol=1e-6)
+    readouts = {"frame_readouts": (model.frame_readout, output.source_action_embedding, output.target_action_embedding),
+                "pose_frame_readouts": (model.pose_frame_readout, output.source_pose_embedding,
+                                        output.target_pose_embedding)}
+    for name, (readout, *embeddings) in readouts.items():
+        for frame, embedding in enumerate(embeddings):
+            assert torch.allclose(getattr(output, name)[:, frame].flatten(1), readout(embedding), atol=1e-6)
     output.frame_readouts.sum().backward()
     assert model.encoder.action_branch.attention.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    model(source, target).pose_frame_readouts.sum().backward()
+    assert all(parameter.grad.abs().sum() > 0 for parameter in model.encoder.pose_branch.parameters())
+    assert model.encoder.action_branch.attention.weight.grad is None  # psi's readout does not train phi's branch
     assert not any("readout" in name for name in model.encoder.state_dict())

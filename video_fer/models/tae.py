@@ -68,6 +68,10 @@ class TAEConfig:
             (``loss.weights.landmark_action_frame``). The pair readout fixes ``phi`` only up to an offset per
             person (any ``phi + c`` has the same changes); this one anchors it at the person's average face,
             the reading a single-frame AU probe of unseen people needs. Zero start; pretraining only.
+        pose_frame_readout: **[ours]** its pose twin, from a single frame's ``psi`` to the head motion that
+            takes the track's mean landmarks to that frame's (``loss.weights.landmark_pose_frame``): the pair
+            readout fixes ``psi`` only up to an offset per person too, and a single-frame head-angle probe of
+            unseen people reads that offset as pose. Zero start; pretraining only.
     """
 
     image_size: int = 256
@@ -79,6 +83,7 @@ class TAEConfig:
     decoder_input: str = "concat"
     landmark_readout: bool = False
     frame_readout: bool = False
+    pose_frame_readout: bool = False
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -270,7 +275,8 @@ class TAEOutput:
     ``landmark_readouts``: with ``TAEConfig.landmark_readout`` **[ours]**, the readouts of ``phi_s - phi_t``
     and ``psi_s - psi_t`` at the 68 landmarks, ``(B, 68, 2)`` each in normalised units; else None.
     ``frame_readouts``: with ``TAEConfig.frame_readout`` **[ours]**, the readouts of ``phi_s`` and ``phi_t``,
-    ``(B, 2, 68, 2)`` in normalised units; else None.
+    ``(B, 2, 68, 2)`` in normalised units; else None. ``pose_frame_readouts``: the same for ``psi_s`` and ``psi_t``
+    with ``TAEConfig.pose_frame_readout`` **[ours]**.
     """
 
     source_action_embedding: torch.Tensor
@@ -298,6 +304,7 @@ class TAEOutput:
     source_attention_maps: torch.Tensor | None
     landmark_readouts: tuple[torch.Tensor, torch.Tensor] | None = None
     frame_readouts: torch.Tensor | None = None
+    pose_frame_readouts: torch.Tensor | None = None
 
 
 @register_architecture("twin_cycle_autoencoder")
@@ -317,6 +324,8 @@ class TwinCycleAutoencoder(nn.Module):
             self.pose_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
         if config.frame_readout:
             self.frame_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
+        if config.pose_frame_readout:
+            self.pose_frame_readout = nn.Linear(config.embedding_dim, 2 * READOUT_LANDMARKS)
         for module in self.children():  # the readouts, the only Linear children, start at "no motion"
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.weight)
@@ -376,9 +385,12 @@ class TwinCycleAutoencoder(nn.Module):
         if self.config.landmark_readout:  # [ours] (B, 68, 2) each: action part, head-motion part
             landmark_readouts = (self.action_readout(phi_s - phi_t).unflatten(1, (READOUT_LANDMARKS, 2)),
                                  self.pose_readout(psi_s - psi_t).unflatten(1, (READOUT_LANDMARKS, 2)))
-        frame_readouts = None
+        frame_readouts = pose_frame_readouts = None
         if self.config.frame_readout:  # [ours] (B, 2, 68, 2): source, target
             frame_readouts = self.frame_readout(torch.stack((phi_s, phi_t), 1)).unflatten(-1, (READOUT_LANDMARKS, 2))
+        if self.config.pose_frame_readout:  # [ours] the same for psi
+            pose_frame_readouts = self.pose_frame_readout(torch.stack((psi_s, psi_t), 1)).unflatten(
+                -1, (READOUT_LANDMARKS, 2))
         return TAEOutput(
             source_action_embedding=phi_s, source_pose_embedding=psi_s,
             target_action_embedding=phi_t, target_pose_embedding=psi_t,
@@ -392,7 +404,7 @@ class TwinCycleAutoencoder(nn.Module):
             action_cycle_reconstruction=action_cycle_reconstruction,
             pose_cycle_reconstruction=pose_cycle_reconstruction,
             source_attention_maps=source_attention_maps, landmark_readouts=landmark_readouts,
-            frame_readouts=frame_readouts,
+            frame_readouts=frame_readouts, pose_frame_readouts=pose_frame_readouts,
         )
 
 

@@ -169,8 +169,8 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, source_points: torch.Tensor,
                          target_points: torch.Tensor, kind: str = "rigid3d", penalty: str = "huber",
                          delta: float = 0.01, readouts: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         frame_readouts: torch.Tensor | None = None, track_points: torch.Tensor | None = None
-                         ) -> dict[str, torch.Tensor]:
+                         frame_readouts: torch.Tensor | None = None, track_points: torch.Tensor | None = None,
+                         pose_frame_readouts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The landmark-guidance terms, per sample: two on the fields, and two on the embeddings with ``readouts``.
 
     Args:
@@ -188,12 +188,16 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
         frame_readouts: **[ours]** ``TAEOutput.frame_readouts`` ``(B, 2, 68, 2)`` (source, target), compared
             with each frame's action part against ``track_points``, or None.
         track_points: ``(B, 68, 2)`` the mean landmarks of each pair's track (any crop's pixels), needed
-            with ``frame_readouts``.
+            with ``frame_readouts`` or ``pose_frame_readouts``.
+        pose_frame_readouts: **[ours]** ``TAEOutput.pose_frame_readouts`` ``(B, 2, 68, 2)``, compared with the
+            head motion from ``track_points`` to each frame, read at ``track_points`` (it includes the crop's
+            offset: the pose embedding sees the face's place in the crop), or None.
 
     Returns:
         ``{"landmark_pose_field": (B,), "landmark_action_field": (B,)}`` float32, plus
         ``"landmark_pose_embedding"`` and ``"landmark_action_embedding"`` with ``readouts`` and
-        ``"landmark_action_frame"`` (mean of the two frames) with ``frame_readouts``.
+        ``"landmark_action_frame"`` (mean of the two frames) with ``frame_readouts`` and ``"landmark_pose_frame"``
+        with ``pose_frame_readouts``.
     """
     size = action_flow.shape[-1]
     source_points, target_points = source_points.float(), target_points.float()
@@ -218,15 +222,20 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
         terms["landmark_pose_embedding"] = _masked_mean(_penalty(pose_readout - pose_target, penalty, delta), finite)
         terms["landmark_action_embedding"] = _masked_mean(_penalty(action_readout - action_target, penalty, delta),
                                                           finite)
-    if frame_readouts is not None:
+    per_frame = {"landmark_action_frame": frame_readouts, "landmark_pose_frame": pose_frame_readouts}
+    if any(readout is not None for readout in per_frame.values()):
         if track_points is None:
-            raise ValueError("landmark_field_terms: frame_readouts need track_points (the tracks' mean landmarks)")
+            raise ValueError("landmark_field_terms: frame readouts need track_points (the tracks' mean landmarks)")
         frames = torch.cat((source_points, target_points))
-        _, frame_residual, _ = split_landmark_motion(frames, track_points.float().repeat(2, 1, 1), kind)
-        frame_target = (frame_residual * scale).unflatten(0, (2, -1)).transpose(0, 1)  # (B, 2, 68, 2)
-        finite = torch.isfinite(frame_target).all(-1)
-        error = _penalty(frame_readouts.float() - frame_target.nan_to_num(), penalty, delta)
-        terms["landmark_action_frame"] = _masked_mean(error.flatten(1, 2), finite.flatten(1))
+        frame_rigid, frame_residual, _ = split_landmark_motion(frames, track_points.float().repeat(2, 1, 1), kind)
+        frame_targets = {"landmark_action_frame": frame_residual, "landmark_pose_frame": frame_rigid}
+        for name, readout in per_frame.items():
+            if readout is None:
+                continue
+            target = (frame_targets[name] * scale).unflatten(0, (2, -1)).transpose(0, 1)  # (B, 2, 68, 2)
+            finite = torch.isfinite(target).all(-1)
+            error = _penalty(readout.float() - target.nan_to_num(), penalty, delta)
+            terms[name] = _masked_mean(error.flatten(1, 2), finite.flatten(1))
     return terms
 
 

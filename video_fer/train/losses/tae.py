@@ -44,6 +44,7 @@ class TAELossWeights:
     landmark_action_embedding: float = 0.0  # action_readout(phi_s - phi_t) vs what the head motion leaves
     # [ours] one frame's phi read against its track's mean landmarks (needs model.frame_readout: true)
     landmark_action_frame: float = 0.0  # frame_readout(phi) vs what the head pose leaves against the track mean
+    landmark_pose_frame: float = 0.0  # pose_frame_readout(psi) vs the head motion from the track mean (model.pose_frame_readout)
 
     def as_dict(self) -> dict[str, float]:
         """Term name -> weight."""
@@ -79,7 +80,7 @@ def ramped_weights(weights: "TAELossWeights", factor: float) -> "TAELossWeights"
 
 
 LANDMARK_TERMS = ("landmark_pose_field", "landmark_action_field", "landmark_pose_embedding",
-                  "landmark_action_embedding", "landmark_action_frame")
+                  "landmark_action_embedding", "landmark_action_frame", "landmark_pose_frame")
 READOUT_TERMS = LANDMARK_TERMS[2:4]
 
 
@@ -88,17 +89,21 @@ def uses_landmarks(weights: "TAELossWeights") -> bool:
     return any(getattr(weights, name) != 0 for name in LANDMARK_TERMS)
 
 
-def check_landmark_readout(weights: "TAELossWeights", readout: bool, frame_readout: bool = False) -> None:
+def check_landmark_readout(weights: "TAELossWeights", readout: bool, frame_readout: bool = False,
+                           pose_frame_readout: bool = False) -> None:
     """The embedding readout terms have weights exactly when the model has the readouts (``model.landmark_readout``
-    for the pair terms, ``model.frame_readout`` for ``landmark_action_frame``).
+    for the pair terms, ``model.frame_readout`` for ``landmark_action_frame``, ``model.pose_frame_readout`` for
+    ``landmark_pose_frame``).
 
     Raises:
         ConfigError: a readout term is weighted without its readout, or a readout is on with its term at 0
             (a parameter no loss reaches, which distributed training refuses).
     """
-    if (weights.landmark_action_frame != 0) != frame_readout:
-        raise ConfigError(f"model.frame_readout: {str(frame_readout).lower()} with loss.weights.landmark_action_frame="
-                          f"{weights.landmark_action_frame}: the frame readout and its term go together (both on or both off)")
+    for key, on, term in (("frame_readout", frame_readout, "landmark_action_frame"),
+                          ("pose_frame_readout", pose_frame_readout, "landmark_pose_frame")):
+        if (getattr(weights, term) != 0) != on:
+            raise ConfigError(f"model.{key}: {str(on).lower()} with loss.weights.{term}={getattr(weights, term)}: "
+                              "the frame readout and its term go together (both on or both off)")
     weighted = [name for name in READOUT_TERMS if getattr(weights, name) != 0]
     if weighted and not readout:
         raise ConfigError(f"loss.weights.{weighted[0]} > 0 needs model.landmark_readout: true (the readout it trains)")
