@@ -188,7 +188,7 @@ def training_pair(batch: dict, run: RecipeRun, progress: TrainingProgress, data:
         source, target = augment_pair(source, target, generator, data.augment_same_crop)
     else:
         source, target = as_float_images(source), as_float_images(target)
-    if points is not None:  # the track's mean stays in the prepared crop's pixels (the frame readouts' fit absorbs the crop)
+    if points is not None:  # the track's mean stays in the prepared crop's pixels (the action part's fit absorbs the crop; the head motion keeps it)
         points = (*points, batch["track_landmarks"].to(device))
     if channels_last:
         source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
