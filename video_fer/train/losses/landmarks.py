@@ -222,16 +222,15 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
         terms["landmark_pose_embedding"] = _masked_mean(_penalty(pose_readout - pose_target, penalty, delta), finite)
         terms["landmark_action_embedding"] = _masked_mean(_penalty(action_readout - action_target, penalty, delta),
                                                           finite)
-    per_frame = {"landmark_action_frame": frame_readouts, "landmark_pose_frame": pose_frame_readouts}
-    if any(readout is not None for readout in per_frame.values()):
+    per_frame = {name: readout for name, readout in (("landmark_action_frame", frame_readouts),
+                                                     ("landmark_pose_frame", pose_frame_readouts)) if readout is not None}
+    if per_frame:
         if track_points is None:
             raise ValueError("landmark_field_terms: frame readouts need track_points (the tracks' mean landmarks)")
         frames = torch.cat((source_points, target_points))
         frame_rigid, frame_residual, _ = split_landmark_motion(frames, track_points.float().repeat(2, 1, 1), kind)
         frame_targets = {"landmark_action_frame": frame_residual, "landmark_pose_frame": frame_rigid}
         for name, readout in per_frame.items():
-            if readout is None:
-                continue
             target = (frame_targets[name] * scale).unflatten(0, (2, -1)).transpose(0, 1)  # (B, 2, 68, 2)
             finite = torch.isfinite(target).all(-1)
             error = _penalty(readout.float() - target.nan_to_num(), penalty, delta)
