@@ -267,7 +267,8 @@ def train_micro_batch(model, source, target, points, weights, curriculum, config
             terms.update(landmark_field_terms(output.action_flow, output.pose_flow, source_points, target_points,
                                               loss_config.landmark_fit, loss_config.landmark_penalty,
                                               loss_config.landmark_huber_delta, output.landmark_readouts,
-                                              output.frame_readouts, track_points, output.pose_frame_readouts))
+                                              output.frame_readouts, track_points, output.pose_frame_readouts,
+                                              output.source_attention_maps if weights.landmark_attention else None))
         ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
                                 config.loss.consistency_warmup_steps)
         loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)
@@ -399,6 +400,9 @@ def main(argv=None) -> int:
     weights = TAELossWeights(**config.loss.weights)
     check_landmark_readout(weights, model_config.landmark_readout, model_config.frame_readout,
                            model_config.pose_frame_readout)
+    if weights.landmark_attention and not model_config.attention_streams:
+        raise ConfigError(f"loss.weights.landmark_attention={weights.landmark_attention} needs attention maps: "
+                          "set model.attention_streams > 0 (the TAE branch) or the weight to 0")
     guided = uses_landmarks(weights)  # [ours] landmark-guided fields: the pairs carry their landmarks
     if data.preload:  # decoded once; no worker processes (they would each get a copy of every frame)
         loader = pair_loader(InMemoryFrames(cache, train_tracks), sampler, train.batch_size, 0, landmarks=guided)

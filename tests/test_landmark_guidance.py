@@ -9,8 +9,8 @@ from video_fer.data.pretrain_dataset import FacePairDataset
 from video_fer.data.synthetic import build_demo_cache
 from video_fer.errors import ConfigError
 from video_fer.faces.alignment import CANONICAL_LANDMARKS_68
-from video_fer.train.losses.landmarks import (apply_transform, fit_rigid_transform, landmark_field_terms,
-                                         split_landmark_motion)
+from video_fer.train.losses.landmarks import (apply_transform, fit_rigid_transform, landmark_attention_term,
+                                         landmark_field_terms, landmark_heatmap, split_landmark_motion)
 from video_fer.train.losses.tae import TAELossWeights, check_landmark_readout, uses_landmarks
 from video_fer.models.warp import identity_grid
 
@@ -190,6 +190,46 @@ def test_the_pose_frame_readout_is_scored_against_the_head_motion_from_the_track
         landmark_field_terms(zero_field, zero_field, source, target, pose_frame_readouts=zeros)
 
 
+def test_the_landmark_heatmap_peaks_at_its_weighted_points_and_sums_to_one():
+    points = torch.tensor([[[10.0, 50.0], [40.0, 20.0]]])  # (x, y) crop pixels of a 64 px crop
+    heat = landmark_heatmap(points, torch.tensor([[3.0, 1.0]]), SIZE, 16)  # 4 px cells
+    assert heat.shape == (1, 16, 16) and torch.allclose(heat.sum(), torch.tensor(1.0))
+    assert divmod(int(heat[0].argmax()), 16) == (12, 2)  # row = y // 4, column = x // 4 of the heavier point
+    assert heat[0, 5, 10] > 10 * heat[0, 5, 2]  # the lighter point still has its own bump
+
+
+def test_the_attention_term_asks_for_the_moving_features_and_reaches_the_maps():
+    mean = template(2)
+    frames = mean.clone()
+    frames[1, MOUTH] += torch.tensor([0.0, 4.0])  # sample 1 opens its mouth; sample 0 is its average face
+    _, residual, _ = split_landmark_motion(frames, mean)
+    grid = 16
+    rows = torch.arange(grid)[:, None].expand(grid, grid)
+    mouth_row = int(frames[1, MOUTH, 1].mean() / (SIZE / grid))
+    at_mouth = (rows == mouth_row).float()[None, None].repeat(2, 4, 1, 1) * 0.98 + 0.01  # (B, K, h, h)
+    at_brows = (rows == mouth_row - 7).float()[None, None].repeat(2, 4, 1, 1) * 0.98 + 0.01
+    on_mouth, on_brows = (landmark_attention_term(maps, frames, residual, SIZE) for maps in (at_mouth, at_brows))
+    assert on_mouth.shape == (2,) and (on_mouth >= 0).all()
+    assert on_mouth[1] < on_brows[1]  # the open mouth wants attention on the mouth ...
+    assert on_mouth[1] < on_mouth[0]  # ... more than the neutral face (brows, eyes and mouth evenly) does
+    uniform = torch.full((2, 4, grid, grid), 0.5)
+    assert torch.allclose(landmark_attention_term(uniform, frames, residual, SIZE),
+                          landmark_attention_term(0.2 * uniform, frames, residual, SIZE))  # a distribution: scale-free
+    maps = torch.full((2, 4, grid, grid), 0.5, requires_grad=True)
+    zero_field = torch.zeros(2, 2, SIZE, SIZE)
+    terms = landmark_field_terms(zero_field, zero_field, frames, mean, track_points=mean, attention_maps=maps)
+    assert torch.allclose(terms["landmark_attention"], landmark_attention_term(maps, frames, residual, SIZE))
+    terms["landmark_attention"].sum().backward()
+    assert maps.grad.abs().max() > 0
+    assert "landmark_attention" not in landmark_field_terms(zero_field, zero_field, frames, mean)
+    hidden = frames.clone()
+    hidden[0] = float("nan")  # a frame without landmarks asks nothing; the other keeps its term
+    hidden_terms = landmark_attention_term(uniform, hidden, residual, SIZE)
+    assert hidden_terms[0] == 0 and torch.allclose(hidden_terms[1], landmark_attention_term(uniform, frames, residual, SIZE)[1])
+    with pytest.raises(ValueError, match="track_points"):
+        landmark_field_terms(zero_field, zero_field, frames, mean, attention_maps=maps)
+
+
 def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
     check_landmark_readout(TAELossWeights(), False)  # the reference: neither
     check_landmark_readout(TAELossWeights(landmark_action_embedding=10, landmark_pose_embedding=10), True)
@@ -208,6 +248,7 @@ def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
         with pytest.raises(ConfigError, match="pose_frame_readout.*landmark_pose_frame"):
             check_landmark_readout(weights, False, pose_frame_readout=pose_frame_readout)
     assert uses_landmarks(TAELossWeights(landmark_pose_frame=1.0))
+    assert uses_landmarks(TAELossWeights(landmark_attention=1.0))
 
 
 def test_the_terms_backpropagate_into_the_fields_and_skip_points_outside():

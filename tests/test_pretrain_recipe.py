@@ -117,6 +117,18 @@ def test_the_frame_readouts_train_with_their_terms_and_refuse_to_run_without_the
         assert missing.returncode == 2 and "frame readout and its term go together" in missing.stderr
 
 
+def test_the_attention_term_trains_with_attention_maps_and_refuses_a_model_without_them(tmp_path, demo_dir):
+    result = run_recipe(tmp_path / "attention", demo_dir, "train.max_steps=2", "model.attention_streams=4",
+                        "loss.weights.landmark_attention=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv_log(tmp_path / "attention" / "losses.csv")
+    assert all(float(r["landmark_attention"]) > 0 for r in rows)  # untrained maps are not the landmarks' heat map
+
+    tcae = run_recipe(tmp_path / "tcae", demo_dir, "train.max_steps=1", "model.attention_streams=0",
+                      "loss.weights.landmark_attention=1")
+    assert tcae.returncode == 2 and "model.attention_streams > 0" in tcae.stderr
+
+
 def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tmp_path, demo_dir):
     """recipes/configs/pretrain_tae_real.yaml (landmark guidance, one crop per pair, preloaded frames) on the tiny
     demo cache with one of its two videos left out; a key the cache lacks is an error that names it."""

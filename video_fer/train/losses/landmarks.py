@@ -25,6 +25,11 @@ person's average face): the action part of the pair (frame, ``m``), ``p - G(m)``
 absorbs any shift and scale of ``m``, so ``m`` can stay in the prepared crop's pixels while ``p`` has
 been through the augmentation's crop.
 
+The attention term **[ours]** (:func:`landmark_attention_term`) turns the same frame split into a place: a
+heat map of the frame's brow, eye and mouth landmarks on the attention grid, half of its mass spread
+evenly over them and half in proportion to how far each has moved from the person's average face, and
+asks the action branch's attention (mean over its K streams, as a distribution over the grid) to match it.
+
 The fields use the backward-warp convention of :mod:`video_fer.models.warp` (output pixel ``p``
 samples the input at ``p + T(p)``), so:
 
@@ -166,11 +171,49 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (values * weight).sum((1, 2)) / (2 * weight.sum((1, 2))).clamp_min(1.0)
 
 
+# Where the AUs act: the brows (17-26), the eyes (36-47) and the mouth (48-67); the attention term's places.
+FEATURE_POINTS_68 = (*range(17, 27), *range(36, 68))
+
+
+def landmark_heatmap(points: torch.Tensor, weights: torch.Tensor, image_size: int, grid: int) -> torch.Tensor:
+    """``points (B, P, 2)`` crop pixels with ``weights (B, P)`` -> ``(B, grid, grid)``: a Gaussian of one grid
+    cell's width at each point (separable, one einsum), normalised to sum 1 per sample."""
+    cell = image_size / grid
+    centres = (torch.arange(grid, device=points.device, dtype=points.dtype) + 0.5) * cell - 0.5
+    bumps = torch.exp(-0.5 * ((points[..., None] - centres) / cell) ** 2)  # (B, P, 2, grid)
+    heat = torch.einsum("bp,bpy,bpx->byx", weights, bumps[:, :, 1], bumps[:, :, 0])
+    return heat / heat.sum((1, 2), keepdim=True).clamp_min(1e-12)
+
+
+def landmark_attention_term(attention_maps: torch.Tensor, points: torch.Tensor, residual: torch.Tensor,
+                            image_size: int) -> torch.Tensor:
+    """**[ours]** KL divergence from the frame's action heat map to its attention, per sample ``(B,)``.
+
+    Args:
+        attention_maps: ``(B, K, h, h)`` the action branch's maps of the frames, in [0, 1].
+        points: ``(B, 68, 2)`` the frames' landmarks (crop pixels of the images the model saw).
+        residual: ``(B, 68, 2)`` their action part against the track's mean (:func:`split_landmark_motion`).
+        image_size: the crop side in pixels.
+    """
+    index = list(FEATURE_POINTS_68)
+    points, residual = points[:, index].float(), residual[:, index].float()
+    finite = (torch.isfinite(points).all(-1) & torch.isfinite(residual).all(-1)).float()
+    motion = residual.nan_to_num().norm(dim=-1) * finite
+    weights = (0.5 * finite / finite.sum(1, keepdim=True).clamp_min(1.0)
+               + 0.5 * motion / motion.sum(1, keepdim=True).clamp_min(1e-6))
+    target = landmark_heatmap(points.nan_to_num(), weights, image_size, attention_maps.shape[-1])
+    attention = attention_maps.float().mean(1)
+    attention = attention / attention.sum((1, 2), keepdim=True).clamp_min(1e-12)
+    kl = target * (target.clamp_min(1e-12).log() - attention.clamp_min(1e-12).log())
+    return kl.sum((1, 2)) * (finite.sum(1) > 0)
+
+
 def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, source_points: torch.Tensor,
                          target_points: torch.Tensor, kind: str = "rigid3d", penalty: str = "huber",
                          delta: float = 0.01, readouts: tuple[torch.Tensor, torch.Tensor] | None = None,
                          frame_readouts: torch.Tensor | None = None, track_points: torch.Tensor | None = None,
-                         pose_frame_readouts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                         pose_frame_readouts: torch.Tensor | None = None,
+                         attention_maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The landmark-guidance terms, per sample: two on the fields, and two on the embeddings with ``readouts``.
 
     Args:
@@ -192,12 +235,14 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
         pose_frame_readouts: **[ours]** ``TAEOutput.pose_frame_readouts`` ``(B, 2, 68, 2)``, compared with the
             head motion from ``track_points`` to each frame, read at ``track_points`` (it includes the crop's
             offset: the pose embedding sees the face's place in the crop), or None.
+        attention_maps: **[ours]** ``TAEOutput.source_attention_maps`` ``(B, K, h, h)``, compared with the source
+            frame's action heat map (:func:`landmark_attention_term`), or None.
 
     Returns:
         ``{"landmark_pose_field": (B,), "landmark_action_field": (B,)}`` float32, plus
         ``"landmark_pose_embedding"`` and ``"landmark_action_embedding"`` with ``readouts`` and
         ``"landmark_action_frame"`` (mean of the two frames) with ``frame_readouts`` and ``"landmark_pose_frame"``
-        with ``pose_frame_readouts``.
+        with ``pose_frame_readouts`` and ``"landmark_attention"`` with ``attention_maps``.
     """
     size = action_flow.shape[-1]
     source_points, target_points = source_points.float(), target_points.float()
@@ -224,11 +269,14 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
                                                           finite)
     per_frame = {name: readout for name, readout in (("landmark_action_frame", frame_readouts),
                                                      ("landmark_pose_frame", pose_frame_readouts)) if readout is not None}
-    if per_frame:
+    if per_frame or attention_maps is not None:
         if track_points is None:
-            raise ValueError("landmark_field_terms: frame readouts need track_points (the tracks' mean landmarks)")
+            raise ValueError("landmark_field_terms: frame readouts and attention need track_points (the tracks' mean landmarks)")
         frames = torch.cat((source_points, target_points))
         frame_rigid, frame_residual, _ = split_landmark_motion(frames, track_points.float().repeat(2, 1, 1), kind)
+        if attention_maps is not None:
+            terms["landmark_attention"] = landmark_attention_term(attention_maps, source_points,
+                                                                  frame_residual[:len(source_points)], size)
         frame_targets = {"landmark_action_frame": frame_residual, "landmark_pose_frame": frame_rigid}
         for name, readout in per_frame.items():
             target = (frame_targets[name] * scale).unflatten(0, (2, -1)).transpose(0, 1)  # (B, 2, 68, 2)
@@ -238,5 +286,6 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
     return terms
 
 
-__all__ = ["FITS", "PENALTIES", "RIGID_POINTS_68", "apply_transform", "weak_perspective_projection", "fit_rigid_transform", "landmark_field_terms",
+__all__ = ["FEATURE_POINTS_68", "FITS", "PENALTIES", "RIGID_POINTS_68", "apply_transform", "landmark_attention_term",
+           "landmark_heatmap", "weak_perspective_projection", "fit_rigid_transform", "landmark_field_terms",
            "pixels_to_grid", "sample_field_at", "split_landmark_motion"]

@@ -45,6 +45,8 @@ class TAELossWeights:
     # [ours] one frame's phi read against its track's mean landmarks (needs model.frame_readout: true)
     landmark_action_frame: float = 0.0  # frame_readout(phi) vs what the head pose leaves against the track mean
     landmark_pose_frame: float = 0.0  # pose_frame_readout(psi) vs the head motion from the track mean (model.pose_frame_readout)
+    # [ours] the action branch's attention vs where the source frame's landmarks act (needs model.attention_streams > 0)
+    landmark_attention: float = 0.0  # KL(action heat map of the landmarks || mean attention map)
 
     def as_dict(self) -> dict[str, float]:
         """Term name -> weight."""
@@ -80,7 +82,7 @@ def ramped_weights(weights: "TAELossWeights", factor: float) -> "TAELossWeights"
 
 
 LANDMARK_TERMS = ("landmark_pose_field", "landmark_action_field", "landmark_pose_embedding",
-                  "landmark_action_embedding", "landmark_action_frame", "landmark_pose_frame")
+                  "landmark_action_embedding", "landmark_action_frame", "landmark_pose_frame", "landmark_attention")
 READOUT_TERMS = LANDMARK_TERMS[2:4]
 
 
