@@ -42,6 +42,7 @@ import torch
 from video_fer.data.cache import FaceTrackCache
 from video_fer.data.derived_caches import downscale_cache, subset_cache
 from video_fer.evaluate import real_probes as rp
+from video_fer.evaluate.real_probes import SAME_SPEAKER, TEST_CLIPS
 from video_fer.evaluate.pretrain_runs import (checkpoint_models, model_variants, parse_encoders, parse_extra,
                                               run_pretraining)
 from video_fer.evaluate.tables import markdown_table
@@ -53,18 +54,6 @@ from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The split, by clip. Every clip was looked at (three frames of each rendered side by side): two pairs of
-# voxstyle clips show one speaker each (voxstyle_00002 = voxstyle_517600055, a woman with long dark hair;
-# voxstyle_741400104 = voxstyle_741400163, a man with a goatee); every other clip shows a different person
-# (29 people). Both same-speaker pairs stay on the pretraining side. The test clips hold ~27 % of the frames
-# of each source (liveportrait 1191 of 4412, voxstyle 648 of 2474, retalking 199 of 706) and span what the
-# probes must read: strong deliberate actions (liveportrait d3 frowns, d9 cheek puffs and eye closure, d19
-# grimaces), interview speech (voxstyle) and a talking head (retalking); glasses on two test people
-# (and on four pretraining people). liveportrait_d6, the richest in actions, is kept for pretraining.
-TEST_CLIPS = ("liveportrait_d3", "liveportrait_d9", "liveportrait_d19",
-              "voxstyle_00098", "voxstyle_00473", "voxstyle_681100216", "retalking_4")
-SAME_SPEAKER = {"voxstyle_00002": "voxstyle_speaker_a", "voxstyle_517600055": "voxstyle_speaker_a",
-                "voxstyle_741400104": "voxstyle_speaker_b", "voxstyle_741400163": "voxstyle_speaker_b"}
 HELD_OUT = {False: "test clips held out", True: "PRETRAINED ON TEST CLIPS", None: "test clips perhaps seen (not recorded)"}
 
 

@@ -26,7 +26,20 @@ import torch.nn.functional as F
 
 from video_fer.evaluate.real_references import HEAD_ANGLE_NAMES, AUMapping, read_references
 from video_fer.evaluate.probes import ridge_probe
+from video_fer.train.losses.landmarks import FEATURE_POINTS_68
 
+# The split, by clip. Every clip was looked at (three frames of each rendered side by side): two pairs of
+# voxstyle clips show one speaker each (voxstyle_00002 = voxstyle_517600055, a woman with long dark hair;
+# voxstyle_741400104 = voxstyle_741400163, a man with a goatee); every other clip shows a different person
+# (29 people). Both same-speaker pairs stay on the pretraining side. The test clips hold ~27 % of the frames
+# of each source (liveportrait 1191 of 4412, voxstyle 648 of 2474, retalking 199 of 706) and span what the
+# probes must read: strong deliberate actions (liveportrait d3 frowns, d9 cheek puffs and eye closure, d19
+# grimaces), interview speech (voxstyle) and a talking head (retalking); glasses on two test people
+# (and on four pretraining people). liveportrait_d6, the richest in actions, is kept for pretraining.
+TEST_CLIPS = ("liveportrait_d3", "liveportrait_d9", "liveportrait_d19",
+              "voxstyle_00098", "voxstyle_00473", "voxstyle_681100216", "retalking_4")
+SAME_SPEAKER = {"voxstyle_00002": "voxstyle_speaker_a", "voxstyle_517600055": "voxstyle_speaker_a",
+                "voxstyle_741400104": "voxstyle_speaker_b", "voxstyle_741400163": "voxstyle_speaker_b"}
 MIN_TEST_STD = 0.02  # an AU whose reference barely varies in the test clips has no meaningful r
 HOG_OPTIONS = {"orientations": 9, "pixels_per_cell": (16, 16), "cells_per_block": (2, 2)}  # 1764 dims at 128 px
 
@@ -309,6 +322,33 @@ def landmark_field_errors(model, frames: RealFrames, pairs: tuple[np.ndarray, np
         sums["zero_pose"].append(rigid.norm(dim=-1).mean(1) * to_256)
         sums["zero_action"].append(residual.norm(dim=-1).mean(1) * to_256)
     return {name: float(torch.cat(values).mean()) for name, values in sums.items()}
+
+
+# ----------------------------------------------------------------------------- attention
+def attention_on_features(attention: torch.Tensor, landmarks: torch.Tensor, image_size: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the TAE attention lies: per frame, the share of the mean attention (over the K streams, as a
+    distribution over the grid) on the cells within one cell of a brow, eye or mouth landmark
+    (:data:`~video_fer.train.losses.landmarks.FEATURE_POINTS_68`), and that share over the cells' share of
+    the grid (the lift: 1 for attention spread evenly, above 1 when it sits on brows, eyes and mouth).
+
+    Args:
+        attention: ``(N, K, h, h)`` attention maps in [0, 1].
+        landmarks: ``(N, 68, 2)`` the frames' landmarks in crop pixels.
+        image_size: the crop side in pixels.
+
+    Returns:
+        ``(share (N,), lift (N,))``.
+    """
+    grid = attention.shape[-1]
+    cell = image_size / grid
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) * cell - 0.5
+    cells = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)  # (h*h, 2) as (x, y)
+    points = landmarks[:, list(FEATURE_POINTS_68)].float()
+    near = (torch.cdist(cells.expand(len(points), -1, -1), points.nan_to_num(-1e6)) <= cell).any(-1)  # (N, h*h)
+    weights = attention.float().mean(1).flatten(1)
+    share = (weights * near).sum(1) / weights.sum(1).clamp_min(1e-12)
+    return share, share / near.float().mean(1).clamp_min(1e-12)
 
 
 # ----------------------------------------------------------------------------- figure
