@@ -114,7 +114,7 @@ def test_the_real_video_config_is_the_measured_setting():
     assert all(reference[name] == 0 for name in guided)
     assert config.loss.landmark_fit == "rigid3d"
     assert config.data.augment and config.data.augment_same_crop and config.data.preload
-    assert (config.train.max_steps, config.train.batch_size) == (1200, 16)
+    assert (config.train.max_steps, config.train.epochs, config.train.batch_size) == (1800, 18, 16)
     assert (config.optim.name, config.optim.lr, config.optim.schedule) == ("adamw", 3e-4, "cosine")
     assert config.data.exclude_videos == ["liveportrait_d3"] and config.data.cache == "runs/real_cache_128"
 
