@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from video_fer.evaluate.real_references import HEAD_ANGLE_NAMES, AUMapping, read_references
 from video_fer.evaluate.probes import ridge_probe
-from video_fer.train.losses.landmarks import FEATURE_POINTS_68
+from video_fer.train.losses.landmarks import FEATURE_POINTS_68, grid_cell_centres
 
 # The split, by clip. Every clip was looked at (three frames of each rendered side by side): two pairs of
 # voxstyle clips show one speaker each (voxstyle_00002 = voxstyle_517600055, a woman with long dark hair;
@@ -342,7 +342,7 @@ def attention_on_features(attention: torch.Tensor, landmarks: torch.Tensor, imag
     """
     grid = attention.shape[-1]
     cell = image_size / grid
-    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) * cell - 0.5
+    centres = grid_cell_centres(image_size, grid)
     cells = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2)  # (h*h, 2) as (x, y)
     points = landmarks[:, list(FEATURE_POINTS_68)].float()
     near = (torch.cdist(cells.expand(len(points), -1, -1), points.nan_to_num(-1e6)) <= cell).any(-1)  # (N, h*h)

@@ -175,11 +175,16 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 FEATURE_POINTS_68 = (*range(17, 27), *range(36, 68))
 
 
+def grid_cell_centres(image_size: int, grid: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(grid,)`` the crop-pixel coordinate of each cell centre along one side of a ``grid x grid`` map over the crop."""
+    return (torch.arange(grid, device=device, dtype=dtype) + 0.5) * (image_size / grid) - 0.5
+
+
 def landmark_heatmap(points: torch.Tensor, weights: torch.Tensor, image_size: int, grid: int) -> torch.Tensor:
     """``points (B, P, 2)`` crop pixels with ``weights (B, P)`` -> ``(B, grid, grid)``: a Gaussian of one grid
     cell's width at each point (separable, one einsum), normalised to sum 1 per sample."""
     cell = image_size / grid
-    centres = (torch.arange(grid, device=points.device, dtype=points.dtype) + 0.5) * cell - 0.5
+    centres = grid_cell_centres(image_size, grid, points.device, points.dtype)
     bumps = torch.exp(-0.5 * ((points[..., None] - centres) / cell) ** 2)  # (B, P, 2, grid)
     heat = torch.einsum("bp,bpy,bpx->byx", weights, bumps[:, :, 1], bumps[:, :, 0])
     return heat / heat.sum((1, 2), keepdim=True).clamp_min(1e-12)
@@ -286,6 +291,6 @@ def landmark_field_terms(action_flow: torch.Tensor, pose_flow: torch.Tensor, sou
     return terms
 
 
-__all__ = ["FEATURE_POINTS_68", "FITS", "PENALTIES", "RIGID_POINTS_68", "apply_transform", "landmark_attention_term",
-           "landmark_heatmap", "weak_perspective_projection", "fit_rigid_transform", "landmark_field_terms",
+__all__ = ["FEATURE_POINTS_68", "FITS", "PENALTIES", "RIGID_POINTS_68", "apply_transform", "grid_cell_centres",
+           "landmark_attention_term", "landmark_heatmap", "weak_perspective_projection", "fit_rigid_transform", "landmark_field_terms",
            "pixels_to_grid", "sample_field_at", "split_landmark_motion"]
