@@ -101,3 +101,20 @@ def test_baseline_features_have_their_sizes_and_the_pixel_pca_is_deterministic()
     assert first.shape == (12, 4) and torch.equal(first, second)
     assert rp.hog_features(images).shape[0] == 12
     assert rp.landmark_features(np.zeros((12, 68, 2)), 64).shape == (12, 136)
+
+
+def test_encoder_features_batch_the_frames_and_give_the_attention_maps_only_when_asked():
+    from video_fer.models.tae import TAEConfig, TwinCycleAutoencoder
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (5, 64, 64, 3), dtype=torch.uint8)
+    encoder = TwinCycleAutoencoder(TAEConfig(image_size=64, width=4, embedding_dim=8, attention_streams=2)).encoder
+    whole = rp.encoder_features(encoder, images, batch_size=5, attention=True)
+    batched = rp.encoder_features(encoder, images, batch_size=2, attention=True)
+    assert whole["action"].shape == (5, 8) and whole["pose"].shape == (5, 8)
+    assert whole["attention"].shape[:2] == (5, 2)
+    assert all(torch.allclose(whole[key], batched[key], atol=1e-5) for key in whole)
+    assert set(rp.encoder_features(encoder, images)) == {"action", "pose"}
+    tcae = TwinCycleAutoencoder(TAEConfig(image_size=64, width=4, embedding_dim=8, attention_streams=0)).encoder
+    with pytest.raises(ValueError, match="without attention"):
+        rp.encoder_features(tcae, images, attention=True)

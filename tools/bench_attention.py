@@ -55,18 +55,12 @@ def load_frames(cache: FaceTrackCache, clips: list[str], frame_step: int) -> tup
     return torch.cat(images), torch.cat(landmarks), np.array(keys)
 
 
-@torch.no_grad()
-def attention_maps(encoder, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    encoder.eval()
-    maps = [encoder.forward_features(rp.as_model_images(images[start:start + batch_size])).attention_maps
-            for start in range(0, len(images), batch_size)]
-    if maps[0] is None:
-        raise SystemExit("an encoder without attention (model.attention_streams=0, TCAE) has no maps to score")
-    return torch.cat(maps)
-
-
 def score(encoder, images: torch.Tensor, landmarks: torch.Tensor, clips: np.ndarray) -> dict:
-    share, lift = rp.attention_on_features(attention_maps(encoder, images), landmarks, images.shape[1])
+    try:
+        maps = rp.encoder_features(encoder, images, attention=True)["attention"]
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    share, lift = rp.attention_on_features(maps, landmarks, images.shape[1])
     per_clip = {clip: float(lift[torch.from_numpy(clips == clip)].mean()) for clip in sorted(set(clips))}
     return {"share": float(share.mean()), "lift": float(lift.mean()), "lift_per_clip": per_clip}
 

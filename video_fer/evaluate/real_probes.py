@@ -108,15 +108,21 @@ def as_model_images(frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encoder_features(encoder, images: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """``{"action": phi (N, D), "pose": psi (N, D)}`` of single frames (eval mode)."""
+def encoder_features(encoder, images: torch.Tensor, batch_size: int = 128,
+                     attention: bool = False) -> dict[str, torch.Tensor]:
+    """``{"action": phi (N, D), "pose": psi (N, D)}`` of single frames (eval mode), and with ``attention`` the
+    action branch's maps ``"attention": (N, K, h, w)`` (an error for TCAE, K = 0, which has none)."""
     encoder.eval()
-    action, pose = [], []
+    parts = {"action": [], "pose": [], "attention": []}
     for start in range(0, len(images), batch_size):
         features = encoder.forward_features(as_model_images(images[start:start + batch_size]))
-        action.append(features.action_embedding.float())
-        pose.append(features.pose_embedding.float())
-    return {"action": torch.cat(action), "pose": torch.cat(pose)}
+        parts["action"].append(features.action_embedding.float())
+        parts["pose"].append(features.pose_embedding.float())
+        if attention:
+            if features.attention_maps is None:
+                raise ValueError("an encoder without attention (model.attention_streams=0, TCAE) has no maps to score")
+            parts["attention"].append(features.attention_maps.float())
+    return {name: torch.cat(values) for name, values in parts.items() if values}
 
 
 def hog_features(images: torch.Tensor) -> torch.Tensor:
