@@ -106,10 +106,11 @@ def test_the_real_video_config_is_the_measured_setting():
     config = load_config(path, ["data.exclude_videos=[liveportrait_d3]"], schema=PretrainConfig)
     assert config.model == {"image_size": 128, "width": 16, "embedding_dim": 128, "attention_streams": 4,
                             "stream_width": 32, "zero_init_flow": True, "decoder_input": "concat",
-                            "landmark_readout": True, "frame_readout": True, "pose_frame_readout": False}
-    reference = asdict(TAELossWeights())  # the reference weights, the four landmark terms off
+                            "landmark_readout": True, "frame_readout": True, "pose_frame_readout": True}
+    reference = asdict(TAELossWeights())  # the reference weights, every landmark term off
     guided = {"landmark_pose_field": 10, "landmark_action_field": 10, "landmark_pose_embedding": 30,
-              "landmark_action_embedding": 30, "landmark_action_frame": 30}
+              "landmark_action_embedding": 30, "landmark_action_frame": 30, "landmark_pose_frame": 30,
+              "landmark_attention": 1}
     assert config.loss.weights == {**reference, **guided}
     assert all(reference[name] == 0 for name in guided)
     assert config.loss.landmark_fit == "rigid3d"

@@ -130,8 +130,9 @@ def test_the_attention_term_trains_with_attention_maps_and_refuses_a_model_witho
 
 
 def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tmp_path, demo_dir):
-    """recipes/configs/pretrain_tae_real.yaml (landmark guidance, one crop per pair, preloaded frames) on the tiny
-    demo cache with one of its two videos left out; a key the cache lacks is an error that names it."""
+    """recipes/configs/pretrain_tae_real.yaml (landmark guidance, readouts, the attention term, one crop per pair,
+    preloaded frames) on the tiny demo cache with one of its two videos left out; a key the cache lacks is an
+    error that names it."""
     config = ["--config", str(PROJECT_ROOT / "recipes" / "configs" / "pretrain_tae_real.yaml"), f"data.cache={demo_dir}"]
     result = run_recipe(tmp_path / "real", demo_dir, *config, "train.max_steps=2", "train.log_every=1",
                         "data.exclude_videos=[grace_hopper]")
@@ -139,7 +140,8 @@ def test_the_real_video_config_trains_without_the_excluded_videos_and_says_so(tm
     assert "on 2 tracks (0 held out)" in result.stdout  # astronaut's two tracks; grace_hopper's two left out
     rows = read_csv_log(tmp_path / "real" / "losses.csv")
     assert [int(r["step"]) for r in rows] == [1, 2] and all(
-        float(r["landmark_pose_field"]) > 0 and float(r["landmark_action_embedding"]) > 0 for r in rows)
+        float(r[term]) > 0 for r in rows for term in ("landmark_pose_field", "landmark_action_embedding",
+                                                      "landmark_action_frame", "landmark_pose_frame", "landmark_attention"))
     exported = json.loads((tmp_path / "real" / "encoder" / "config.json").read_text())["extra"]
     assert exported["excluded_videos"] == ["grace_hopper"] and exported["alignment"]["size"] == 64
 
