@@ -399,10 +399,7 @@ def main(argv=None) -> int:
                               seed=train.seed, rank=rank, world_size=world)
     weights = TAELossWeights(**config.loss.weights)
     check_landmark_readout(weights, model_config.landmark_readout, model_config.frame_readout,
-                           model_config.pose_frame_readout)
-    if weights.landmark_attention and not model_config.attention_streams:
-        raise ConfigError(f"loss.weights.landmark_attention={weights.landmark_attention} needs attention maps: "
-                          "set model.attention_streams > 0 (the TAE branch) or the weight to 0")
+                           model_config.pose_frame_readout, attention_maps=model_config.attention_streams > 0)
     guided = uses_landmarks(weights)  # [ours] landmark-guided fields: the pairs carry their landmarks
     if data.preload:  # decoded once; no worker processes (they would each get a copy of every frame)
         loader = pair_loader(InMemoryFrames(cache, train_tracks), sampler, train.batch_size, 0, landmarks=guided)

@@ -230,7 +230,7 @@ def test_the_attention_term_asks_for_the_moving_features_and_reaches_the_maps():
         landmark_field_terms(zero_field, zero_field, frames, mean, attention_maps=maps)
 
 
-def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
+def test_the_readout_terms_need_their_readouts_and_the_attention_term_needs_attention_maps():
     check_landmark_readout(TAELossWeights(), False)  # the reference: neither
     check_landmark_readout(TAELossWeights(landmark_action_embedding=10, landmark_pose_embedding=10), True)
     with pytest.raises(ConfigError, match="needs model.landmark_readout: true"):
@@ -249,6 +249,10 @@ def test_the_readout_terms_need_the_readouts_and_the_readouts_need_both_terms():
             check_landmark_readout(weights, False, pose_frame_readout=pose_frame_readout)
     assert uses_landmarks(TAELossWeights(landmark_pose_frame=1.0))
     assert uses_landmarks(TAELossWeights(landmark_attention=1.0))
+    check_landmark_readout(TAELossWeights(landmark_attention=1), False)  # a TAE model: maps to pull
+    with pytest.raises(ConfigError, match="model.attention_streams > 0"):
+        check_landmark_readout(TAELossWeights(landmark_attention=1), False, attention_maps=False)
+    check_landmark_readout(TAELossWeights(), False, attention_maps=False)  # TCAE without the term
 
 
 def test_the_terms_backpropagate_into_the_fields_and_skip_points_outside():

@@ -92,15 +92,20 @@ def uses_landmarks(weights: "TAELossWeights") -> bool:
 
 
 def check_landmark_readout(weights: "TAELossWeights", readout: bool, frame_readout: bool = False,
-                           pose_frame_readout: bool = False) -> None:
+                           pose_frame_readout: bool = False, attention_maps: bool = True) -> None:
     """The embedding readout terms have weights exactly when the model has the readouts (``model.landmark_readout``
     for the pair terms, ``model.frame_readout`` for ``landmark_action_frame``, ``model.pose_frame_readout`` for
-    ``landmark_pose_frame``).
+    ``landmark_pose_frame``), and ``landmark_attention`` only when it has attention maps (``attention_maps``:
+    ``model.attention_streams > 0``).
 
     Raises:
         ConfigError: a readout term is weighted without its readout, or a readout is on with its term at 0
-            (a parameter no loss reaches, which distributed training refuses).
+            (a parameter no loss reaches, which distributed training refuses), or the attention term is weighted
+            for a model without attention maps (TCAE).
     """
+    if weights.landmark_attention and not attention_maps:
+        raise ConfigError(f"loss.weights.landmark_attention={weights.landmark_attention} needs attention maps: "
+                          "set model.attention_streams > 0 (the TAE branch) or the weight to 0")
     for key, on, term in (("frame_readout", frame_readout, "landmark_action_frame"),
                           ("pose_frame_readout", pose_frame_readout, "landmark_pose_frame")):
         if (getattr(weights, term) != 0) != on:
