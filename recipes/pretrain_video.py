@@ -250,6 +250,20 @@ def kept_tracks(cache: FaceTrackCache, exclude: list, cache_root: Path) -> list:
     return tracks
 
 
+def loss_terms(output, source, target, points, weights, loss_config) -> dict[str, torch.Tensor]:
+    """Every per-sample loss term of one micro-batch: the TAE's, and the landmark terms with ``points`` (the pair's
+    landmarks and its track's mean landmarks, :func:`training_pair`)."""
+    terms = tae_loss_terms(output, source, target)
+    if points is not None:
+        source_points, target_points, track_points = points
+        terms.update(landmark_field_terms(output.action_flow, output.pose_flow, source_points, target_points,
+                                          loss_config.landmark_fit, loss_config.landmark_penalty,
+                                          loss_config.landmark_huber_delta, output.landmark_readouts,
+                                          output.frame_readouts, track_points, output.pose_frame_readouts,
+                                          output.source_attention_maps if weights.landmark_attention else None))
+    return terms
+
+
 def train_micro_batch(model, source, target, points, weights, curriculum, config: PretrainConfig,
                       progress: TrainingProgress, accelerator):
     """Forward, loss, backward of one micro-batch (call inside ``accelerator.accumulate``); ``points``: the
@@ -260,15 +274,7 @@ def train_micro_batch(model, source, target, points, weights, curriculum, config
     """
     with accelerator.autocast():
         output = model(source, target)
-        terms = tae_loss_terms(output, source, target)
-        if points is not None:
-            loss_config = config.loss
-            source_points, target_points, track_points = points
-            terms.update(landmark_field_terms(output.action_flow, output.pose_flow, source_points, target_points,
-                                              loss_config.landmark_fit, loss_config.landmark_penalty,
-                                              loss_config.landmark_huber_delta, output.landmark_readouts,
-                                              output.frame_readouts, track_points, output.pose_frame_readouts,
-                                              output.source_attention_maps if weights.landmark_attention else None))
+        terms = loss_terms(output, source, target, points, weights, config.loss)
         ramp = consistency_ramp(progress.step, config.loss.consistency_warmup_start,
                                 config.loss.consistency_warmup_steps)
         loss, reduced = reduce_terms(terms, ramped_weights(weights, ramp), curriculum)

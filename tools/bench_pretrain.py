@@ -1,8 +1,8 @@
 """Pretraining throughput on this machine: step speed, data waiting, memory, decoding.
 
 First, per crop size, **the recipe's step against the bare network** (issue 12): the training
-step of ``recipes/pretrain_video.py`` (loader, augmentation, forward, the loss terms, the
-finite-loss check, backward, gradient clipping, AdamW) timed phase by phase, interleaved step by
+step of ``recipes/pretrain_video.py`` under ``--config`` (loader, augmentation, forward, the recipe's loss
+terms, the finite-loss check, backward, gradient clipping, AdamW) timed phase by phase, interleaved step by
 step with a bare forward + backward of the same network on the same batch (the loss = a plain sum
 of its outputs; no optimiser). pairs/s of both, their ratio (the target is >= 80 %), and where the
 rest of the step goes. FLOPs of one bare step are counted with ``torch.utils.flop_counter``; on a
@@ -23,6 +23,8 @@ RSS is that size's), on the embedded demo cache built at that size:
 Ratios are measured within one run (same load on the machine), e.g.::
 
     python tools/bench_pretrain.py --sizes 128 256 --batch 8 --steps 3
+    python tools/bench_pretrain.py --breakdown-only --sizes 128 --batch 16 \
+        --config recipes/configs/pretrain_tae_real.yaml --cache runs/real_cache_128   # the real-video config's step
 """
 from __future__ import annotations
 
@@ -152,9 +154,12 @@ def bare_step(model, source, target) -> dict[str, float]:
     return {"forward": forward - start, "backward": end - forward}
 
 
-def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: float, channels_last: bool,
+def recipe_step_breakdown(size: int, batch: int, steps: int, recipe_config: str, channels_last: bool,
                           cache_root: str | None, config_overrides: list[str]) -> dict:
-    """The recipe's step phase by phase, interleaved with the bare step on the same batch (median seconds)."""
+    """The recipe's step phase by phase, interleaved with the bare step on the same batch (median seconds).
+
+    The loss terms are the recipe's own (``loss_terms`` of ``recipes/pretrain_video.py``) under ``recipe_config``:
+    with landmark weights, the landmark terms, readouts and attention term, on the track's landmarks."""
     import importlib.util
 
     from accelerate import Accelerator
@@ -164,17 +169,15 @@ def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: fl
     from video_fer.data.cache import FaceTrackCache
     from video_fer.data.pretrain_dataset import InMemoryFrames
     from video_fer.train.loop import make_optimizer
-    from video_fer.train.losses.landmarks import landmark_field_terms
-    from video_fer.train.losses.tae import TAELossWeights
+    from video_fer.train.losses.tae import TAELossWeights, uses_landmarks
 
     spec = importlib.util.spec_from_file_location("pretrain_video_schema", PROJECT_ROOT / "recipes" / "pretrain_video.py")
     recipe = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = recipe  # its dataclasses look their module up while being built
     spec.loader.exec_module(recipe)
-    recipe_config = PROJECT_ROOT / "recipes" / "configs" / "pretrain_tae.yaml"
     config = load_config(recipe_config, [f"model.image_size={size}", *config_overrides], schema=recipe.PretrainConfig)
-    weights = TAELossWeights(**{**config.loss.weights, "landmark_pose_field": landmark_weight,
-                                "landmark_action_field": landmark_weight})
+    weights = TAELossWeights(**config.loss.weights)
+    guided = uses_landmarks(weights)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
     torch.manual_seed(0)
     model = TwinCycleAutoencoder(TAEConfig(**config.model)).train()
@@ -187,7 +190,7 @@ def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: fl
         if cache.size != size:
             raise SystemExit(f"--cache {cache_root}: crops are {cache.size} px, not {size}")
         sampler = FacePairSampler(cache.tracks, pairs_per_epoch=batch * (steps + 2), seed=3)
-        loader = pair_loader(InMemoryFrames(cache), sampler, batch, 0, landmarks=True)
+        loader = pair_loader(InMemoryFrames(cache), sampler, batch, 0, landmarks=guided)
         iterator = iter(loader)
         times = {name: [] for name in (*PHASES, "bare_forward", "bare_backward")}
         generator = torch.Generator().manual_seed(0)
@@ -195,8 +198,14 @@ def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: fl
             marks = [time.perf_counter()]
             data = next(iterator)
             marks.append(time.perf_counter())
-            source, target, *points = augment_pair_and_points(data["source"], data["target"], data["source_landmarks"],
-                                                              data["target_landmarks"], generator)
+            if guided:
+                source, target, *points = augment_pair_and_points(
+                    data["source"], data["target"], data["source_landmarks"], data["target_landmarks"], generator,
+                    config.data.augment_same_crop)
+                points = tuple(p.to(accelerator.device) for p in (*points, data["track_landmarks"]))
+            else:
+                source, target = augment_pair(data["source"], data["target"], generator, config.data.augment_same_crop)
+                points = None
             source, target = (x.to(accelerator.device) for x in (source, target))
             if channels_last:
                 source, target = (x.contiguous(memory_format=torch.channels_last) for x in (source, target))
@@ -204,10 +213,7 @@ def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: fl
             with accelerator.accumulate(model), accelerator.autocast():
                 output = model(source, target)
                 marks.append(time.perf_counter())
-                terms = tae_loss_terms(output, source, target)
-                if landmark_weight:
-                    terms.update(landmark_field_terms(output.action_flow, output.pose_flow,
-                                                      *(p.to(source.device) for p in points)))
+                terms = recipe.loss_terms(output, source, target, points, weights, config.loss)
                 loss, _ = reduce_terms(terms, weights)
                 marks.append(time.perf_counter())
                 finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
@@ -234,7 +240,8 @@ def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: fl
     median = {name: float(np.median(values)) for name, values in times.items()}
     step = sum(median[name] for name in PHASES)
     bare = median["bare_forward"] + median["bare_backward"]
-    return {"size": size, "batch": batch, "landmark_weight": landmark_weight, "phase_seconds": median,
+    return {"size": size, "batch": batch, "config": str(recipe_config), "landmark_terms": guided,
+            "loss_terms": sorted(terms), "phase_seconds": median,
             "recipe_pairs_per_s": batch / step, "bare_pairs_per_s": batch / bare, "recipe_over_bare": bare / step,
             "flops_per_pair": flops / batch, "achieved_tflops_bare": flops / bare / 1e12,
             "device": str(accelerator.device), "model": dict(config.model)}
@@ -243,12 +250,13 @@ def recipe_step_breakdown(size: int, batch: int, steps: int, landmark_weight: fl
 def print_breakdown(result: dict, peak_tflops: float | None) -> None:
     phases, step = result["phase_seconds"], sum(result["phase_seconds"][name] for name in PHASES)
     print(f"\n== the recipe's step vs the bare network, {result['size']} px, batch {result['batch']}, "
-          f"{result['device']}, landmark weight {result['landmark_weight']} ==")
+          f"{result['device']}, {Path(result['config']).name}, landmark terms {'on' if result['landmark_terms'] else 'off'} ==")
     print(f"recipe step:            {result['recipe_pairs_per_s']:.2f} pairs/s ({1000 * step:.0f} ms)")
     print(f"bare forward+backward:  {result['bare_pairs_per_s']:.2f} pairs/s "
           f"({1000 * (phases['bare_forward'] + phases['bare_backward']):.0f} ms: forward "
           f"{1000 * phases['bare_forward']:.0f}, backward {1000 * phases['bare_backward']:.0f})")
     print(f"recipe / bare:          {100 * result['recipe_over_bare']:.0f} % (target >= 80 %)")
+    print(f"loss terms:             {len(result['loss_terms'])} ({', '.join(result['loss_terms'])})")
     print("where the recipe's step goes (median ms, share):")
     for name in PHASES:
         print(f"  {name:<14}{1000 * phases[name]:8.1f}  {100 * phases[name] / step:5.1f} %")
@@ -316,7 +324,9 @@ def main() -> None:
                         help="do not time the (slow) step without flushing denormal floats")
     parser.add_argument("--breakdown-only", action="store_true", help="only the recipe-vs-bare step comparison")
     parser.add_argument("--breakdown-steps", type=int, default=10, help="interleaved steps of the comparison")
-    parser.add_argument("--landmark-weight", type=float, default=0.0, help="landmark-guided fields in the recipe step")
+    parser.add_argument("--config", default=str(PROJECT_ROOT / "recipes" / "configs" / "pretrain_tae.yaml"),
+                        help="the recipe config whose step is timed (its loss terms; e.g. recipes/configs/pretrain_tae_real.yaml "
+                             "with --cache, a cache with landmarks, for the landmark terms)")
     parser.add_argument("--cache", default=None, help="a face-track cache for the recipe step (default: the demo cache)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU dense bf16 peak, for the MFU line")
@@ -325,12 +335,12 @@ def main() -> None:
     parser.add_argument("--breakdown-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.breakdown_child:
-        print(json.dumps(recipe_step_breakdown(args.breakdown_child, args.batch, args.breakdown_steps, args.landmark_weight,
+        print(json.dumps(recipe_step_breakdown(args.breakdown_child, args.batch, args.breakdown_steps, args.config,
                                                args.channels_last, args.cache, args.override)))
         return
     for size in args.sizes:  # one process per size, like the measurements below
         command = [sys.executable, __file__, "--breakdown-child", str(size), "--batch", str(args.batch),
-                   "--breakdown-steps", str(args.breakdown_steps), "--landmark-weight", str(args.landmark_weight)]
+                   "--breakdown-steps", str(args.breakdown_steps), "--config", args.config]
         command += ["--channels-last"] if args.channels_last else []
         command += ["--cache", args.cache] if args.cache else []
         command += ["--override", *args.override] if args.override else []
