@@ -14,27 +14,28 @@ moved). Keep the checkpoints with ``train.keep_checkpoints=0`` (all) or a count,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from video_fer.evaluate.pretrain_runs import checkpoint_models, run_config
 from video_fer.faces.alignment import AlignmentSpec
-from video_fer.models.checkpoint import save_encoder
+from video_fer.models.checkpoint import read_config, save_encoder
 
 
 def run_alignment(run_dir: Path, cache: str | None) -> AlignmentSpec:
     """The crops the run trained on: its encoder export's record, else its (or the given) cache's settings."""
-    export = run_dir / "encoder" / "config.json"
-    recorded = (json.loads(export.read_text()).get("extra") or {}).get("alignment") if export.is_file() else None
+    export = run_dir / "encoder"
+    recorded = None
+    if (export / "config.json").is_file():
+        recorded = (read_config(export).get("extra") or {}).get("alignment")
     if recorded and cache is None:
         return AlignmentSpec.from_dict(recorded)
     from video_fer.data.cache import FaceTrackCache
 
     cache = cache or run_config(run_dir)["data"].get("cache")
     if not cache or not Path(cache).is_dir():
-        raise SystemExit(f"{run_dir}: no encoder/ export and its cache {cache!r} is not a folder; give --cache, "
-                         "the face-track cache the run trained on")
+        raise SystemExit(f"{run_dir}: the crop alignment comes from its encoder/ export or its cache, and the cache "
+                         f"{cache!r} is not a folder; give --cache, the face-track cache the run trained on")
     return FaceTrackCache(cache).alignment
 
 
